@@ -1,0 +1,496 @@
+"""The embedded engine: ``Database`` (collections, tenants, API keys) and ``Collection`` (vectors, access, search).
+
+Every write goes the same way: validate, then under the collection's writer mutex check it against the
+current state, write one synced RocksDB batch, and only then apply it to memory under the write side of
+the collection's readers-writer lock, so a search sees a batch whole or not at all. Searches take the
+read side and run GIL-free kernels, so they proceed in parallel.
+
+``principal`` names who is calling: ``None`` is the admin (and the embedded SDK); a tenant name means a
+tenant API key. A tenant principal may act only as itself and only on rows it can see.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from engine import apikeys, validate
+from engine.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from engine.index.flat import FlatIndex
+from engine.index.table import VectorTable
+from engine.kernels import metrics
+from engine.rwlock import RWLock
+from engine.storage import keys
+from engine.storage.store import Batch, Store
+from engine.types import LVQ, CollectionInfo, Compression, LeanVec, SearchResult
+
+ADMIN = None  # the principal of the admin key and of the embedded SDK
+
+
+def _compression_to_json(c: Compression) -> dict | None:
+    if c is None:
+        return None
+    if isinstance(c, LVQ):
+        return {"type": "lvq", "bits": c.bits, "residual_bits": c.residual_bits}
+    return {"type": "leanvec", "dim": c.dim, "kind": c.kind, "primary": c.primary, "secondary": c.secondary}
+
+
+def _compression_from_json(d: dict | None) -> Compression:
+    if d is None:
+        return None
+    kind = d.pop("type")
+    return LVQ(**d) if kind == "lvq" else LeanVec(**d)
+
+
+class _Tenants:
+    """Tenant names <-> small numbers, shared by all collections; a tenant exists once it is written."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.number: dict[str, int] = {}
+        self.name: dict[int, str] = {}
+        for key, value in store.scan(keys.TENANT):
+            self._register(key[1:].decode(), keys.read_u32(value))
+        self._lock = threading.Lock()
+
+    def _register(self, name: str, no: int) -> None:
+        self.number[name] = no
+        self.name[no] = name
+
+    def find(self, name: str) -> int | None:
+        return self.number.get(name)
+
+    def ensure(self, name: str, batch: Batch) -> tuple[int, bool]:
+        """The tenant's number; a new tenant's record is added to ``batch`` (commit, then ``commit_new``)."""
+        with self._lock:
+            no = self.number.get(name)
+            if no is not None:
+                return no, False
+            no = max(self.name, default=-1) + 1
+            batch.put(keys.tenant(name), keys.u32(no))
+            self._register(name, no)  # reserved now so two writers never pick the same number
+            return no, True
+
+    def forget(self, name: str) -> None:
+        """Undo a reservation whose batch failed to commit."""
+        with self._lock:
+            no = self.number.pop(name, None)
+            if no is not None:
+                self.name.pop(no, None)
+
+
+class Collection:
+    """A named set of vectors of one dimension and metric, shared by many tenants."""
+
+    def __init__(self, db: Database, col_no: int, info: CollectionInfo) -> None:
+        self._db = db
+        self._store = db._store
+        self.no = col_no
+        self.info = info
+        self.table = VectorTable(info.dim)
+        self.index = FlatIndex(self.table, info.metric)
+        self._rw = RWLock()
+        self._writer = threading.Lock()
+        self.dropped = False
+
+    # ----------------------------------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def metric(self) -> str:
+        return self.info.metric
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, dim={self.dim}, metric={self.metric!r}, vectors={len(self.table)})"
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _check_open(self) -> None:
+        if self.dropped:
+            raise NotFound(f"collection {self.name!r} was dropped")
+
+    @staticmethod
+    def _acting(tenant: str, principal: str | None) -> str:
+        validate.name(tenant, "tenant")
+        if principal is not ADMIN and principal != tenant:
+            raise PermissionDenied(f"this API key acts only as tenant {principal!r}, not as {tenant!r}")
+        return tenant
+
+    def _visible_slots(self, ids: np.ndarray, tenant_no: int | None, who: str) -> np.ndarray:
+        """Slots of ``ids``, all of which ``tenant_no`` must see (any tenant's, when ``tenant_no`` is None)."""
+        slots = self.table.slots(ids)
+        if tenant_no is None:
+            bad = slots < 0
+        else:
+            bad = np.array([s < 0 or not self.table.sees(s, tenant_no) for s in slots.tolist()], bool)
+        if bad.any():
+            missing = ids[bad]
+            raise NotFound(
+                f"{missing.size} of {ids.size} ids not found for {who} in collection {self.name!r} "
+                f"(first: {missing[:5].tolist()})"
+            )
+        return slots
+
+    def _commit(self, batch: Batch, new_tenant: str | None) -> None:
+        try:
+            self._store.write(batch)
+        except Exception:
+            if new_tenant is not None:
+                self._db._tenants.forget(new_tenant)
+            raise
+
+    # ----------------------------------------------------------------------------------- writes
+    def upsert(self, ids, vectors, *, tenant: str, principal: str | None = ADMIN) -> int:
+        """Insert or overwrite vectors owned by ``tenant``; all-or-nothing. Returns the number written.
+
+        An id already owned by another tenant is refused (``AlreadyExists``): ids are per collection.
+        """
+        tenant = self._acting(tenant, principal)
+        ids = validate.ids(ids)
+        vecs = validate.vectors(vectors, self.dim)
+        validate.same_length(ids, vecs)
+        if self.metric == "cosine" and not np.all(np.linalg.norm(vecs, axis=1) > 0):
+            raise InvalidArgument("a zero vector has no direction under metric 'cosine'; drop it or use 'ip'/'l2'")
+        with self._writer:
+            self._check_open()
+            batch = Batch()
+            tenant_no, is_new = self._db._tenants.ensure(tenant, batch)
+            slots = self.table.slots(ids)
+            old = slots >= 0
+            if old.any():
+                foreign = old & (self.table.owner[np.maximum(slots, 0)] != tenant_no)
+                if foreign.any():
+                    if is_new:
+                        self._db._tenants.forget(tenant)
+                    raise AlreadyExists(
+                        f"ids {ids[foreign][:5].tolist()} are taken in collection {self.name!r} by vectors "
+                        f"tenant {tenant!r} does not own; vector ids are unique per collection"
+                    )
+            owner = keys.u32(tenant_no)
+            col = self.no
+            for i, row in zip(ids.tolist(), vecs):
+                batch.put(keys.vector(col, i), owner + row.tobytes())
+            self._commit(batch, tenant if is_new else None)
+            prepared = metrics.prepare(self.metric, vecs)
+            with self._rw.write():
+                if old.any():
+                    self._replace(slots[old], prepared[old])
+                new = ~old
+                if new.any():
+                    fresh = self.table.allocate(int(new.sum()))
+                    self.table.put(fresh, ids[new], prepared[new], tenant_no)
+                    self.index.add(tenant_no, fresh)
+        return int(ids.size)
+
+    def _replace(self, slots: np.ndarray, prepared: np.ndarray) -> None:
+        """Overwrite rows in place; indexes that place rows by value re-place them."""
+        by_tenant = self._group_by_tenant(slots)
+        for t, rows in by_tenant.items():
+            self.index.remove(t, rows)
+        self.table.data[slots] = prepared
+        for t, rows in by_tenant.items():
+            self.index.add(t, rows)
+
+    def _group_by_tenant(self, slots: np.ndarray) -> dict[int, np.ndarray]:
+        groups: dict[int, list[int]] = {}
+        for s in slots.tolist():
+            for t in self.table.tenants_of(s):
+                groups.setdefault(t, []).append(s)
+        return {t: np.array(v, np.int64) for t, v in groups.items()}
+
+    def grant(self, ids, *, tenant: str, principal: str | None = ADMIN) -> int:
+        """Make existing vectors visible to ``tenant`` as well; returns how many were newly granted."""
+        tenant = self._acting(tenant, principal)
+        ids = validate.ids(ids)
+        with self._writer:
+            self._check_open()
+            who_no = None if principal is ADMIN else self._db._tenants.find(principal)
+            if principal is not ADMIN and who_no is None:
+                raise NotFound(f"{ids.size} ids not found for tenant {principal!r} in collection {self.name!r}")
+            slots = self._visible_slots(ids, who_no, "tenant " + repr(principal) if principal else "any tenant")
+            batch = Batch()
+            tenant_no, is_new = self._db._tenants.ensure(tenant, batch)
+            todo = np.array([not self.table.sees(s, tenant_no) for s in slots.tolist()], bool)
+            for i in ids[todo].tolist():
+                batch.put(keys.grant(self.no, i, tenant_no), b"")
+            if len(batch) == 0:
+                return 0
+            self._commit(batch, tenant if is_new else None)
+            rows = slots[todo]
+            with self._rw.write():
+                for s in rows.tolist():
+                    self.table.grant(s, tenant_no)
+                if rows.size:
+                    self.index.add(tenant_no, rows)
+        return int(rows.size)
+
+    def revoke(self, ids, *, tenant: str, principal: str | None = ADMIN) -> int:
+        """Take back grants from ``tenant``; ids it was never granted are left as they are.
+
+        Returns how many grants were removed. The owner's own access cannot be revoked (delete instead).
+        """
+        tenant = self._acting(tenant, principal)
+        ids = validate.ids(ids)
+        with self._writer:
+            self._check_open()
+            tenant_no = self._db._tenants.find(tenant)
+            scope = None if principal is ADMIN else tenant_no
+            if principal is not ADMIN and tenant_no is None:
+                raise NotFound(f"{ids.size} ids not found for tenant {tenant!r} in collection {self.name!r}")
+            slots = self._visible_slots(ids, scope, f"tenant {tenant!r}" if principal else "any tenant")
+            if tenant_no is None:
+                return 0
+            owned = self.table.owner[slots] == tenant_no
+            if owned.any():
+                raise FailedPrecondition(
+                    f"tenant {tenant!r} owns ids {ids[owned][:5].tolist()}; an owner's access cannot be "
+                    "revoked, delete the vectors instead"
+                )
+            granted = np.array([tenant_no in self.table.grants.get(s, ()) for s in slots.tolist()], bool)
+            if not granted.any():
+                return 0
+            batch = Batch()
+            for i in ids[granted].tolist():
+                batch.delete(keys.grant(self.no, i, tenant_no))
+            self._commit(batch, None)
+            rows = slots[granted]
+            with self._rw.write():
+                for s in rows.tolist():
+                    self.table.revoke(s, tenant_no)
+                self.index.remove(tenant_no, rows)
+        return int(rows.size)
+
+    def delete(self, ids, *, tenant: str, principal: str | None = ADMIN) -> int:
+        """Delete vectors owned by ``tenant`` (and every grant of them); all-or-nothing."""
+        tenant = self._acting(tenant, principal)
+        ids = validate.ids(ids)
+        with self._writer:
+            self._check_open()
+            tenant_no = self._db._tenants.find(tenant)
+            if tenant_no is None:
+                raise NotFound(f"{ids.size} ids not found for tenant {tenant!r} in collection {self.name!r}")
+            slots = self._visible_slots(ids, tenant_no, f"tenant {tenant!r}")
+            not_owned = self.table.owner[slots] != tenant_no
+            if not_owned.any():
+                raise PermissionDenied(
+                    f"ids {ids[not_owned][:5].tolist()} are shared with tenant {tenant!r} but owned by another "
+                    "tenant; only the owner may delete"
+                )
+            batch = Batch()
+            for i, s in zip(ids.tolist(), slots.tolist()):
+                batch.delete(keys.vector(self.no, i))
+                for t in self.table.grants.get(s, ()):
+                    batch.delete(keys.grant(self.no, i, t))
+            self._commit(batch, None)
+            with self._rw.write():
+                for t, rows in self._group_by_tenant(slots).items():
+                    self.index.remove(t, rows)
+                self.table.free(slots)
+        return int(ids.size)
+
+    # ----------------------------------------------------------------------------------- reads
+    def search(
+        self, queries, *, k: int = 10, tenant: str, ef: int | None = None, principal: str | None = ADMIN
+    ) -> SearchResult:
+        """Top-k of the vectors ``tenant`` can see, for each query row, best first.
+
+        Scores: inner product for ``ip``, cosine similarity for ``cosine`` (higher is better), Euclidean
+        distance for ``l2`` (lower is better). Rows are padded with id -1 where the tenant sees fewer
+        than k vectors; a tenant that sees nothing gets an all-padding result, not an error.
+        """
+        tenant = self._acting(tenant, principal)
+        q = validate.vectors(queries, self.dim, what="queries")
+        k = validate.k(k)
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
+            raise InvalidArgument(f"ef must be a positive integer, got {ef!r}")
+        q = metrics.prepare(self.metric, q)
+        tenant_no = self._db._tenants.find(tenant)
+        m = q.shape[0]
+        if tenant_no is None:
+            ids = np.full((m, k), -1, np.int64)
+            scores = np.full((m, k), metrics.padding_score(self.metric), np.float32)
+            return SearchResult(ids, scores)
+        with self._rw.read():
+            self._check_open()
+            scores, rows = self.index.search(q, k, tenant_no, ef=ef)
+            ids = np.where(rows >= 0, self.table.ids[np.maximum(rows, 0)], -1)
+        return SearchResult(ids, metrics.finalize(self.metric, scores))
+
+    def count(self, *, tenant: str, principal: str | None = ADMIN) -> int:
+        """How many vectors ``tenant`` can see."""
+        tenant = self._acting(tenant, principal)
+        tenant_no = self._db._tenants.find(tenant)
+        if tenant_no is None:
+            return 0
+        with self._rw.read():
+            self._check_open()
+            return self.index.count(tenant_no)
+
+    def stats(self) -> dict[str, int]:
+        """Vector and tenant counts, and the bytes each in-memory component holds."""
+        with self._rw.read():
+            self._check_open()
+            parts = {**self.table.nbytes(), **self.index.nbytes()}
+            n_tenants = len({int(t) for t in self.table.owner if t >= 0} | self._granted_tenants())
+            out = {"vectors": len(self.table), "tenants": n_tenants, "dim": self.dim}
+        out.update(parts)
+        out["total_bytes"] = sum(parts.values())
+        return out
+
+    def _granted_tenants(self) -> set[int]:
+        out: set[int] = set()
+        for g in self.table.grants.values():
+            out |= g
+        return out
+
+    # ----------------------------------------------------------------------------------- loading
+    def _load(self) -> None:
+        """Rebuild the in-memory table and index from the store (at open, after any crash)."""
+        ids, owners, rows = [], [], []
+        for key, value in self._store.scan(keys.collection_prefix(keys.VECTOR, self.no)):
+            ids.append(keys.read_vid(key, 5))
+            owners.append(keys.read_u32(value))
+            rows.append(value[4:])
+        if ids:
+            vecs = np.frombuffer(b"".join(rows), "<f4").reshape(len(ids), self.dim).astype(np.float32)
+            id_arr = np.array(ids, np.int64)
+            own = np.array(owners, np.int32)
+            slots = self.table.allocate(len(ids))
+            self.table.put(slots, id_arr, metrics.prepare(self.metric, vecs), own)
+            order = np.argsort(own, kind="stable")
+            bounds = np.flatnonzero(np.diff(own[order])) + 1
+            for part in np.split(order, bounds):
+                self.index.add(int(own[part[0]]), slots[part])
+        granted: dict[int, list[int]] = {}
+        for key, _ in self._store.scan(keys.collection_prefix(keys.GRANT, self.no)):
+            slot = self.table.slot_of.get(keys.read_vid(key, 5))
+            if slot is None:
+                continue  # a grant whose vector is gone cannot be written by Grove; ignore it defensively
+            t = keys.read_u32(key, 13)
+            self.table.grant(slot, t)
+            granted.setdefault(t, []).append(slot)
+        for t, slots_t in granted.items():
+            self.index.add(t, np.array(slots_t, np.int64))
+
+
+class Database:
+    """One Grove database in a directory: the embedded engine behind both SDK modes and the server."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._store = Store(self.path)
+        self._lock = threading.Lock()
+        self._tenants = _Tenants(self._store)
+        self._collections: dict[str, Collection] = {}
+        for key, value in self._store.scan(keys.COLLECTION):
+            meta = json.loads(value)
+            info = CollectionInfo(
+                key[1:].decode(), meta["dim"], meta["metric"], _compression_from_json(meta.get("compression"))
+            )
+            col = Collection(self, meta["id"], info)
+            col._load()
+            self._collections[info.name] = col
+
+    # ----------------------------------------------------------------------------------- collections
+    def create_collection(
+        self, name: str, *, dim: int, metric: str = "ip", compression: Compression = None
+    ) -> Collection:
+        name = validate.name(name, "collection")
+        info = CollectionInfo(name, validate.dim(dim), validate.metric(metric), compression)
+        if compression is not None and not isinstance(compression, (LVQ, LeanVec)):
+            raise InvalidArgument(f"compression must be LVQ(...), LeanVec(...) or None, got {compression!r}")
+        with self._lock:
+            if name in self._collections:
+                raise AlreadyExists(f"collection {name!r} exists; get_collection({name!r}) opens it")
+            col_no = self._next("collection")
+            batch = Batch()
+            batch.put(keys.counter("collection"), keys.u64(col_no + 1))
+            meta = {"id": col_no, "dim": info.dim, "metric": info.metric}
+            meta["compression"] = _compression_to_json(compression)
+            batch.put(keys.collection(name), json.dumps(meta).encode())
+            self._store.write(batch)
+            col = self._collections[name] = Collection(self, col_no, info)
+            return col
+
+    def _next(self, counter: str) -> int:
+        raw = self._store.get(keys.counter(counter))
+        return 0 if raw is None else keys.read_u64(raw)
+
+    def get_collection(self, name: str) -> Collection:
+        validate.name(name, "collection")
+        col = self._collections.get(name)
+        if col is None:
+            raise NotFound(f"no collection named {name!r}; create_collection({name!r}, dim=...) makes one")
+        return col
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [c.info for c in sorted(self._collections.values(), key=lambda c: c.name)]
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock:
+            col = self.get_collection(name)
+            with col._writer, col._rw.write():
+                batch = Batch()
+                batch.delete(keys.collection(name))
+                for tag in (keys.VECTOR, keys.GRANT, keys.INDEX):
+                    batch.delete_range(keys.collection_prefix(tag, col.no), keys.collection_prefix(tag, col.no + 1))
+                self._store.write(batch)
+                col.dropped = True
+                del self._collections[name]
+
+    # ----------------------------------------------------------------------------------- API keys
+    def create_tenant_key(self, tenant: str) -> str:
+        """A new API key that acts as ``tenant``; shown once, stored hashed. Needs no prior write."""
+        validate.name(tenant, "tenant")
+        key = apikeys.new_key()
+        batch = Batch()
+        batch.put(keys.api_key(apikeys.digest(key)), b"T" + tenant.encode())
+        self._store.write(batch)
+        return key
+
+    def set_admin_key(self, key: str) -> None:
+        if len(key) < 16:
+            raise InvalidArgument("the admin key must have at least 16 characters")
+        batch = Batch()
+        batch.put(keys.ADMIN, apikeys.digest(key))
+        self._store.write(batch)
+
+    def has_admin_key(self) -> bool:
+        return self._store.get(keys.ADMIN) is not None
+
+    def authenticate(self, key: str | None) -> str | None:
+        """The principal of ``key``: ``ADMIN`` (None) or a tenant name; ``Unauthenticated`` otherwise."""
+        if not key:
+            raise Unauthenticated("no API key; send it in the 'x-api-key' metadata")
+        d = apikeys.digest(key)
+        if self._store.get(keys.ADMIN) == d:
+            return ADMIN
+        who = self._store.get(keys.api_key(d))
+        if who is None:
+            raise Unauthenticated("unknown API key")
+        return who[1:].decode()
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""In-memory search structures: the vector table (rows + access lists) and the tenant-scoped indexes."""

@@ -1,0 +1,1 @@
+"""Durable storage: the RocksDB key schema (``keys``) and the store that writes atomic, synced batches."""

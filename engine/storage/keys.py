@@ -1,0 +1,96 @@
+"""The key schema of Grove's RocksDB, in one place.
+
+Every key starts with one tag byte; numbers are big-endian so that keys of one collection sort together
+and in id order. Vector ids are int64 stored with the sign bit flipped (order-preserving).
+
+=====================  ==========================================  =====================================
+key                    layout                                      value
+=====================  ==========================================  =====================================
+counter                ``N`` + name                                u64
+collection             ``C`` + name (utf-8)                        JSON: id, dim, metric, compression
+tenant                 ``T`` + name (utf-8)                        u32 tenant number
+api key                ``K`` + sha256(key)                         tenant name (utf-8); ``A`` for admin
+admin key              ``A``                                       sha256(admin key)
+vector                 ``V`` + col u32 + id                        owner u32 + float32 row (as given)
+grant                  ``G`` + col u32 + id + tenant u32           empty
+index state            ``I`` + col u32 + name                      opaque bytes owned by the index
+=====================  ==========================================  =====================================
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+COUNTER, COLLECTION, TENANT, API_KEY, ADMIN, VECTOR, GRANT, INDEX = (b"N", b"C", b"T", b"K", b"A", b"V", b"G", b"I")
+_SIGN = 1 << 63
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def u32(n: int) -> bytes:
+    return _U32.pack(n)
+
+
+def read_u32(b: bytes, at: int = 0) -> int:
+    return _U32.unpack_from(b, at)[0]
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes, at: int = 0) -> int:
+    return _U64.unpack_from(b, at)[0]
+
+
+def vid(i: int) -> bytes:
+    """An int64 vector id as 8 order-preserving bytes."""
+    return _U64.pack((i + _SIGN) & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def read_vid(b: bytes, at: int) -> int:
+    return _U64.unpack_from(b, at)[0] - _SIGN
+
+
+def vids(ids: np.ndarray) -> np.ndarray:
+    """Many ids at once: an ``[n, 8]`` uint8 array of their key bytes."""
+    return (ids.astype(np.int64).view(np.uint64) ^ np.uint64(_SIGN)).astype(">u8").view(np.uint8).reshape(-1, 8)
+
+
+def counter(name: str) -> bytes:
+    return COUNTER + name.encode()
+
+
+def collection(name: str) -> bytes:
+    return COLLECTION + name.encode()
+
+
+def tenant(name: str) -> bytes:
+    return TENANT + name.encode()
+
+
+def api_key(digest: bytes) -> bytes:
+    return API_KEY + digest
+
+
+def collection_prefix(tag: bytes, col: int) -> bytes:
+    """The prefix of every key of ``tag`` in collection ``col``; ``col + 1``'s prefix bounds the range."""
+    return tag + u32(col)
+
+
+def vector(col: int, i: int) -> bytes:
+    return VECTOR + u32(col) + vid(i)
+
+
+def grant(col: int, i: int, tenant_no: int) -> bytes:
+    return GRANT + u32(col) + vid(i) + u32(tenant_no)
+
+
+def index_state(col: int, name: str) -> bytes:
+    return INDEX + u32(col) + name.encode()
+
+
+def vector_value(owner: int, row: np.ndarray) -> bytes:
+    return u32(owner) + row.astype("<f4", copy=False).tobytes()
