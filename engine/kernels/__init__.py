@@ -45,9 +45,7 @@ def describe() -> dict[str, Any]:
     return info
 
 
-def topk(
-    queries: np.ndarray, base: np.ndarray, rows: np.ndarray, k: int, metric: str
-) -> tuple[np.ndarray, np.ndarray]:
+def topk(queries: np.ndarray, base: np.ndarray, rows: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of ``base[rows]`` for each query by the surrogate of ``metric``.
 
     Parameters

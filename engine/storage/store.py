@@ -42,7 +42,7 @@ class Store:
         opts.create_if_missing(True)
         try:
             self._db = rocksdict.Rdict(str(path), opts)
-        except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt directory
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception (locked or corrupt dir)
             raise Unavailable(f"cannot open the store at {path}: {exc}") from None
         sync = rocksdict.WriteOptions()
         sync.sync = True
@@ -58,7 +58,7 @@ class Store:
             raise Unavailable("the store is closed")
         try:
             self._db.write(batch._wb)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
             raise Internal(f"storage write failed: {exc}") from None
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
