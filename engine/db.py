@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import apikeys, validate
+from engine import apikeys, kernels, validate
 from engine.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -397,6 +397,7 @@ class Database:
         self._lock = threading.Lock()
         self._tenants = _Tenants(self._store)
         self._collections: dict[str, Collection] = {}
+        kernels.warm()  # a JIT's first call costs ~1 s: pay it at open, not in the first search
         for key, value in self._store.scan(keys.COLLECTION):
             meta = json.loads(value)
             info = CollectionInfo(

@@ -18,6 +18,7 @@ __all__ = [
     "ResourceExhausted",
     "FailedPrecondition",
     "Unavailable",
+    "DeadlineExceeded",
     "Internal",
 ]
 
@@ -76,6 +77,12 @@ class Unavailable(GroveError):
     code = "UNAVAILABLE"
 
 
+class DeadlineExceeded(GroveError, TimeoutError):
+    """The call ran past the deadline the client set (a write may still have been applied: retry is safe)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class Internal(GroveError):
     """A bug or a storage failure; the message says which."""
 
@@ -91,5 +98,6 @@ ALL_ERRORS: tuple[type[GroveError], ...] = (
     ResourceExhausted,
     FailedPrecondition,
     Unavailable,
+    DeadlineExceeded,
     Internal,
 )

@@ -106,6 +106,7 @@ def test_acknowledged_writes_survive_kill_minus_nine(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            proc.stderr.close()
     proc = _start(path, port)
     try:
         with Client(url=f"127.0.0.1:{port}", api_key=ADMIN_KEY) as client:
@@ -116,3 +117,4 @@ def test_acknowledged_writes_survive_kill_minus_nine(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        proc.stderr.close()

@@ -61,6 +61,8 @@ def topk(queries: np.ndarray, base: np.ndarray, rows: np.ndarray, k: int, metric
     (scores float32 ``[m, k]`` surrogate, rows int64 ``[m, k]``), best first, padded with (-inf, -1).
     """
     kernel_metric = metrics.KERNEL_METRIC[metric]
+    if not queries.flags.writeable:  # e.g. zero-copy from a protobuf: one numba signature for all callers
+        queries = queries.copy()
     if backend() == "numpy":
         return reference.topk(queries, base, rows, k, kernel_metric)
     from engine.kernels import cpu
@@ -74,3 +76,12 @@ def topk(queries: np.ndarray, base: np.ndarray, rows: np.ndarray, k: int, metric
     else:
         cpu.topk_rows(queries, base, rows, k, kind, out_s, out_r)
     return out_s, out_r
+
+
+def warm() -> None:
+    """Load (or compile) the kernels now, so the first search of a process does not pay for it."""
+    if backend() == "numba":
+        base = np.zeros((4, 3), np.float32)
+        for metric in ("ip", "l2"):
+            topk(base[:1], base, np.arange(4, dtype=np.int64), 2, metric)
+            topk(base[:2], base, np.arange(4, dtype=np.int64), 2, metric)

@@ -1,0 +1,183 @@
+"""The remote backend: one gRPC channel and stub to a ``grove serve``, with the API key sent on every call.
+
+Failed calls raise the same ``engine.errors`` classes the embedded engine raises (mapped back from the gRPC
+status by ``engine.rpc.status``). Per-call work is kept small: the stub's bound methods and the metadata
+tuple are made once, matrices cross as raw bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from engine import validate
+from engine.errors import GroveError, InvalidArgument
+from engine.rpc import convert, status
+from engine.rpc.pb import grove_pb2 as pb
+from engine.rpc.pb import grove_pb2_grpc
+from engine.types import CollectionInfo, Compression, SearchResult
+from grove_client.backend import Backend, Closed
+
+API_KEY_ENV = "GROVE_API_KEY"
+#: upserts up to this size go as one unary call, larger ones as an UpsertStream of chunks of this size
+CHUNK_BYTES = 4 << 20
+_ID_BYTES = 10  # a packed int64 varint takes at most 10 bytes
+_HEADROOM = 64 << 10  # names, tags and lengths around the payload
+
+
+def _refuse(exc: Exception, *names: tuple[object, str]) -> InvalidArgument:
+    """The error for a request protobuf could not build: the engine's, for a name that is not a str."""
+    if isinstance(exc, GroveError):
+        return exc  # type: ignore[return-value]
+    for value, what in names:
+        validate.name(value, what)  # raises for a non-str or a name with control characters
+    return InvalidArgument(f"the request cannot be encoded: {exc}; names must be valid Unicode text")
+
+
+class RemoteBackend(Backend):
+    """Talks to a Grove server at ``url`` (``host:port``; ``grpcs://`` or ``tls=`` for TLS).
+
+    Parameters
+    ----------
+    url : ``host:port``, optionally prefixed by ``grpc://`` or ``grpcs://``.
+    api_key : sent as ``x-api-key``; default ``$GROVE_API_KEY``.
+    timeout : seconds per call (None: no deadline); a call past it raises ``Unavailable``.
+    tls : False for plaintext; True for TLS with the system's roots; a PEM file path for a private CA.
+    """
+
+    def __init__(
+        self, url: str, api_key: str | None = None, *, timeout: float | None = None, tls: bool | str | Path = False
+    ) -> None:
+        if url.startswith("grpcs://"):
+            url, tls = url[len("grpcs://") :], tls or True
+        elif url.startswith("grpc://"):
+            url = url[len("grpc://") :]
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        if tls:
+            roots = None if tls is True else Path(tls).read_bytes()
+            channel = grpc.secure_channel(url, grpc.ssl_channel_credentials(root_certificates=roots), options=options)
+        else:
+            channel = grpc.insecure_channel(url, options=options)
+        self._channel = channel
+        self._stub = grove_pb2_grpc.GroveStub(channel)
+        api_key = api_key or os.environ.get(API_KEY_ENV)
+        self._metadata = (("x-api-key", api_key),) if api_key else ()
+        self._timeout = timeout
+        self.url = url
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise status.from_rpc_error(err) from None
+
+    # ------------------------------------------------------------------------------------- collections
+    def create_collection(self, name: str, dim: int, metric: str, compression: Compression) -> CollectionInfo:
+        try:
+            request = pb.CreateCollectionRequest()
+            convert.info_to_pb(CollectionInfo(name, dim, metric, compression), request.info)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise _refuse(exc, (name, "collection")) from None
+        return convert.info_from_pb(self._call(self._stub.CreateCollection, request))
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        return convert.info_from_pb(self._call(self._stub.GetCollection, self._request(pb.GetCollectionRequest, name)))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        reply = self._call(self._stub.ListCollections, pb.ListCollectionsRequest())
+        return [convert.info_from_pb(i) for i in reply.collections]
+
+    def drop_collection(self, name: str) -> None:
+        self._call(self._stub.DropCollection, self._request(pb.DropCollectionRequest, name))
+
+    def create_tenant_key(self, tenant: str) -> str:
+        try:
+            if type(tenant) is not str:  # protobuf would take None for "unset"
+                raise TypeError(tenant)
+            request = pb.CreateTenantKeyRequest(tenant=tenant)
+        except (TypeError, ValueError) as exc:
+            raise _refuse(exc, (tenant, "tenant")) from None
+        return self._call(self._stub.CreateTenantKey, request).api_key
+
+    @staticmethod
+    def _request(cls, name: str):
+        try:
+            if type(name) is not str:  # protobuf would take None for "unset"
+                raise TypeError(name)
+            return cls(name=name)
+        except (TypeError, ValueError) as exc:
+            raise _refuse(exc, (name, "collection")) from None
+
+    @staticmethod
+    def _scoped(cls, collection: str, tenant: str, **fields):
+        """A request naming a collection and a tenant; a name the wire cannot carry raises the engine's error."""
+        try:
+            if type(collection) is not str or type(tenant) is not str:  # protobuf would take None for "unset"
+                raise TypeError(f"{collection!r} / {tenant!r}")
+            return cls(collection=collection, tenant=tenant, **fields)
+        except (TypeError, ValueError) as exc:
+            raise _refuse(exc, (collection, "collection"), (tenant, "tenant")) from None
+
+    # ------------------------------------------------------------------------------------- writes
+    def upsert(self, collection: str, ids, vectors, tenant: str) -> int:
+        wire_ids = convert.ids_to_wire(ids)
+        arr = convert.as_matrix(vectors)
+        if arr.nbytes + _ID_BYTES * len(wire_ids) + _HEADROOM <= CHUNK_BYTES:
+            request = self._scoped(pb.UpsertRequest, collection, tenant, ids=wire_ids)
+            convert.matrix_to_pb(arr, request.vectors)
+            return self._call(self._stub.Upsert, request).count
+        if len(wire_ids) != arr.shape[0]:
+            raise InvalidArgument(f"got {len(wire_ids)} ids but {arr.shape[0]} vectors; give one id per vector")
+        first = self._scoped(pb.UpsertRequest, collection, tenant)
+        return self._call(self._stub.UpsertStream, self._chunks(first, wire_ids, arr)).count
+
+    @staticmethod
+    def _chunks(first: pb.UpsertRequest, ids: list[int], arr: np.ndarray) -> Iterator[pb.UpsertRequest]:
+        """The stream of one batch: ``first`` names collection and tenant, every message <= ``CHUNK_BYTES``."""
+        rows = max(1, (CHUNK_BYTES - _HEADROOM) // (arr.shape[1] * 4 + _ID_BYTES))
+        for start in range(0, arr.shape[0], rows):
+            msg = first if start == 0 else pb.UpsertRequest()
+            msg.ids.extend(ids[start : start + rows])
+            convert.matrix_to_pb(arr[start : start + rows], msg.vectors)
+            yield msg
+
+    def grant(self, collection: str, ids, tenant: str) -> int:
+        request = self._scoped(pb.GrantRequest, collection, tenant, ids=convert.ids_to_wire(ids))
+        return self._call(self._stub.Grant, request).count
+
+    def revoke(self, collection: str, ids, tenant: str) -> int:
+        request = self._scoped(pb.RevokeRequest, collection, tenant, ids=convert.ids_to_wire(ids))
+        return self._call(self._stub.Revoke, request).count
+
+    def delete(self, collection: str, ids, tenant: str) -> int:
+        request = self._scoped(pb.DeleteRequest, collection, tenant, ids=convert.ids_to_wire(ids))
+        return self._call(self._stub.Delete, request).count
+
+    # ------------------------------------------------------------------------------------- reads
+    def search(self, collection: str, queries, k: int, tenant: str, ef: int | None) -> SearchResult:
+        arr = convert.as_matrix(queries, "queries")
+        request = self._scoped(pb.SearchRequest, collection, tenant, k=convert.u32(k, validate.k))
+        if ef is not None:
+            request.ef = convert.ef_to_pb(ef)
+        convert.matrix_to_pb(arr, request.queries)
+        return convert.search_result_from_pb(self._call(self._stub.Search, request))
+
+    def count(self, collection: str, tenant: str) -> int:
+        return self._call(self._stub.Count, self._scoped(pb.CountRequest, collection, tenant)).count
+
+    def stats(self, collection: str) -> dict:
+        try:
+            if type(collection) is not str:  # protobuf would take None for "unset"
+                raise TypeError(collection)
+            request = pb.StatsRequest(collection=collection)
+        except (TypeError, ValueError) as exc:
+            raise _refuse(exc, (collection, "collection")) from None
+        return convert.stats_from_pb(self._call(self._stub.Stats, request))
+
+    def close(self) -> None:
+        channel, self._stub = self._channel, Closed()
+        channel.close()

@@ -1,0 +1,146 @@
+"""The ``grove`` command: ``grove serve`` runs the gRPC server on a store; ``grove demo`` shows both SDK modes.
+
+Heavy imports (grpc, numba) happen inside the subcommands, so ``grove --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+ADMIN_KEY_ENV = "GROVE_ADMIN_KEY"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="grove", description="Grove: a multi-tenant vector search engine.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve a store over gRPC until SIGTERM/SIGINT")
+    s.add_argument("--path", default="./grove-data", help="store directory (created if missing; default ./grove-data)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
+    s.add_argument(
+        "--admin-key",
+        default=None,
+        help=f"admin API key (>= 16 characters; else ${ADMIN_KEY_ENV}; else the stored one, or a new one printed once)",
+    )
+    s.add_argument("--tls-cert", default=None, help="PEM certificate file; serve TLS (with --tls-key)")
+    s.add_argument("--tls-key", default=None, help="PEM private key file (with --tls-cert)")
+    s.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message in MiB (default 64)")
+    s.add_argument("--max-stream-mb", type=int, default=1024, help="largest upsert stream in MiB (default 1024)")
+    s.add_argument("--workers", type=int, default=None, help="threads serving calls (default min(32, 4 x cores))")
+    s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown (default 10)")
+    sub.add_parser("demo", help="a one-minute tour: in-process server, two tenants, searches (embedded and remote)")
+    return ap
+
+
+def ensure_admin_key(db, given: str | None) -> str | None:
+    """Store the hash of ``given`` (replacing the old one); with none given and none stored, make one.
+
+    Returns the key when it was generated here (to be shown once), else None.
+    """
+    if given:
+        db.set_admin_key(given)
+        return None
+    if db.has_admin_key():
+        return None
+    from engine.apikeys import new_key
+
+    key = new_key()
+    db.set_admin_key(key)
+    return key
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from engine.db import Database
+    from engine.errors import GroveError
+
+    if (a.tls_cert is None) != (a.tls_key is None):
+        print("grove: --tls-cert and --tls-key go together; give both or neither", file=sys.stderr)
+        return 2
+    try:
+        db = Database(a.path)
+    except GroveError as exc:
+        print(f"grove: {exc}", file=sys.stderr)
+        return 1
+    try:
+        generated = ensure_admin_key(db, a.admin_key or os.environ.get(ADMIN_KEY_ENV))
+    except GroveError as exc:
+        db.close()
+        print(f"grove: {exc}", file=sys.stderr)
+        return 2
+    if generated:
+        print(f"grove: generated admin key (shown once, stored hashed): {generated}", flush=True)
+    from engine.rpc.server import serve
+
+    tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
+    try:
+        serve(
+            db,
+            f"{a.host}:{a.port}",
+            grace=a.grace,
+            max_message_bytes=a.max_message_mb << 20,
+            max_stream_bytes=a.max_stream_mb << 20,
+            max_workers=a.workers,
+            tls=tls,
+        )
+    except GroveError as exc:
+        db.close()
+        print(f"grove: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo() -> int:
+    import tempfile
+
+    import numpy as np
+    from grove_client import Client
+
+    from engine.db import Database
+    from engine.rpc.server import create_server
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="grove-demo-") as tmp:
+        db = Database(tmp)
+        admin_key = ensure_admin_key(db, None)
+        server, port = create_server(db)
+        server.start()
+        url = f"127.0.0.1:{port}"
+        print(f"grove demo: in-process server on {url}, store in {tmp}")
+        try:
+            with Client(url=url, api_key=admin_key) as admin:
+                col = admin.create_collection("docs", dim=8, metric="cosine")
+                col.upsert(np.arange(0, 5), rng.standard_normal((5, 8)).astype(np.float32), tenant="acme")
+                col.upsert(np.arange(5, 10), rng.standard_normal((5, 8)).astype(np.float32), tenant="beta")
+                col.grant([5], tenant="acme")
+                print(f"collections: {[c.name for c in admin.list_collections()]}; stats: {col.stats()}")
+                acme_key = admin.create_tenant_key("acme")
+            query = rng.standard_normal((1, 8)).astype(np.float32)
+            with Client(url=url, api_key=acme_key) as acme:
+                res = acme.get_collection("docs").search(query, k=4, tenant="acme")
+                scores = [round(float(s), 3) for s in res.scores[0]]
+                print(f"acme (tenant key) sees ids {res.ids[0].tolist()} scores {scores}")
+                try:
+                    acme.get_collection("docs").search(query, k=4, tenant="beta")
+                except Exception as exc:  # noqa: BLE001 - shown to the user, whatever it is
+                    print(f"acme searching as beta: {type(exc).__name__}: {exc}")
+        finally:
+            server.stop(None).wait()
+            db.close()
+        with Client(path=tmp) as local:
+            res = local.get_collection("docs").search(query, k=4, tenant="beta")
+            print(f"embedded, as beta: ids {res.ids[0].tolist()} (counts {res.counts.tolist()})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.command == "serve":
+        return _serve(a)
+    return _demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The Grove gRPC servicer: convert -> ``Database``/``Collection`` call as the caller's principal -> convert.
+
+No logic lives here: validation and access control are the engine's, status codes the guard interceptor's,
+the principal the auth interceptor's (read through ``auth.principal()``).
+"""
+
+from __future__ import annotations
+
+from engine.rpc import convert
+from engine.rpc.auth import principal
+from engine.rpc.ingest import StreamBatch
+from engine.rpc.pb import grove_pb2 as pb
+from engine.rpc.pb import grove_pb2_grpc
+
+DEFAULT_MAX_STREAM_BYTES = 1 << 30
+
+
+class GroveServicer(grove_pb2_grpc.GroveServicer):
+    """Serves ``grove.v1.Grove`` from one ``engine.db.Database``."""
+
+    def __init__(self, db, *, max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES) -> None:
+        self._db = db
+        self._max_stream_bytes = max_stream_bytes
+
+    # ------------------------------------------------------------------------------------- collections
+    def CreateCollection(self, request, context):
+        info = convert.info_from_pb(request.info)
+        col = self._db.create_collection(info.name, dim=info.dim, metric=info.metric, compression=info.compression)
+        return convert.info_to_pb(col.info)
+
+    def GetCollection(self, request, context):
+        return convert.info_to_pb(self._db.get_collection(request.name).info)
+
+    def ListCollections(self, request, context):
+        return pb.ListCollectionsResponse(collections=[convert.info_to_pb(i) for i in self._db.list_collections()])
+
+    def DropCollection(self, request, context):
+        self._db.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+    # ------------------------------------------------------------------------------------- writes
+    def Upsert(self, request, context):
+        col = self._db.get_collection(request.collection)
+        ids, vectors = convert.ids_from_pb(request.ids), convert.matrix_from_pb(request.vectors)
+        return pb.UpsertResponse(count=col.upsert(ids, vectors, tenant=request.tenant, principal=principal()))
+
+    def UpsertStream(self, request_iterator, context):
+        batch = StreamBatch(self._db, max_bytes=self._max_stream_bytes)
+        for r in request_iterator:
+            batch.add(
+                r.collection, r.tenant, convert.ids_from_pb(r.ids), convert.matrix_from_pb(r.vectors), r.ByteSize()
+            )
+        ids, vectors = batch.finish()
+        count = batch.collection.upsert(ids, vectors, tenant=batch.tenant, principal=principal())
+        return pb.UpsertResponse(count=count)
+
+    def Grant(self, request, context):
+        col = self._db.get_collection(request.collection)
+        count = col.grant(convert.ids_from_pb(request.ids), tenant=request.tenant, principal=principal())
+        return pb.GrantResponse(count=count)
+
+    def Revoke(self, request, context):
+        col = self._db.get_collection(request.collection)
+        count = col.revoke(convert.ids_from_pb(request.ids), tenant=request.tenant, principal=principal())
+        return pb.RevokeResponse(count=count)
+
+    def Delete(self, request, context):
+        col = self._db.get_collection(request.collection)
+        count = col.delete(convert.ids_from_pb(request.ids), tenant=request.tenant, principal=principal())
+        return pb.DeleteResponse(count=count)
+
+    # ------------------------------------------------------------------------------------- reads
+    def Search(self, request, context):
+        col = self._db.get_collection(request.collection)
+        res = col.search(
+            convert.matrix_from_pb(request.queries),
+            k=request.k,
+            tenant=request.tenant,
+            ef=request.ef if request.HasField("ef") else None,
+            principal=principal(),
+        )
+        return convert.search_result_to_pb(res)
+
+    def Count(self, request, context):
+        col = self._db.get_collection(request.collection)
+        return pb.CountResponse(count=col.count(tenant=request.tenant, principal=principal()))
+
+    def Stats(self, request, context):
+        return convert.stats_to_pb(self._db.get_collection(request.collection).stats())
+
+    # ------------------------------------------------------------------------------------- keys
+    def CreateTenantKey(self, request, context):
+        return pb.CreateTenantKeyResponse(api_key=self._db.create_tenant_key(request.tenant))
