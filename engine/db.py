@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,10 @@ from engine.kernels import metrics
 from engine.rwlock import RWLock
 from engine.storage import keys
 from engine.storage.store import Batch, Store
-from engine.types import LVQ, CollectionInfo, Compression, LeanVec, SearchResult
+from engine.training import negatives
+from engine.training.dynamic import DynamicNegatives
+from engine.training.prf import prf_queries
+from engine.types import LVQ, PRF, CollectionInfo, Compression, LeanVec, SearchResult
 
 ADMIN = None  # the principal of the admin key and of the embedded SDK
 
@@ -305,19 +311,30 @@ class Collection:
 
     # ----------------------------------------------------------------------------------- reads
     def search(
-        self, queries, *, k: int = 10, tenant: str, ef: int | None = None, principal: str | None = ADMIN
+        self,
+        queries,
+        *,
+        k: int = 10,
+        tenant: str,
+        ef: int | None = None,
+        prf: PRF | None = None,
+        principal: str | None = ADMIN,
     ) -> SearchResult:
         """Top-k of the vectors ``tenant`` can see, for each query row, best first.
 
         Scores: inner product for ``ip``, cosine similarity for ``cosine`` (higher is better), Euclidean
         distance for ``l2`` (lower is better). Rows are padded with id -1 where the tenant sees fewer
         than k vectors; a tenant that sees nothing gets an all-padding result, not an error.
+        ``ef`` is the index's recall knob (more explores more; ignored by exact search); ``prf`` re-queries
+        with each query moved toward its top results (``engine.training.prf``).
         """
         tenant = self._acting(tenant, principal)
         q = validate.vectors(queries, self.dim, what="queries")
         k = validate.k(k)
         if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
             raise InvalidArgument(f"ef must be a positive integer, got {ef!r}")
+        if prf is not None and not isinstance(prf, PRF):
+            raise InvalidArgument(f"prf must be a PRF(depth=..., alpha=..., beta=...) value, got {prf!r}")
         q = metrics.prepare(self.metric, q)
         tenant_no = self._db._tenants.find(tenant)
         m = q.shape[0]
@@ -327,9 +344,101 @@ class Collection:
             return SearchResult(ids, scores)
         with self._rw.read():
             self._check_open()
+            if prf is not None:
+                s, r = self.index.search(q, prf.depth, tenant_no, ef=ef)
+                top = np.where((r >= 0)[..., None], self.table.data[np.maximum(r, 0)], np.float32(0))
+                q = prf_queries(q, top, None, depth=prf.depth, alpha=prf.alpha, beta=prf.beta)
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
             ids = np.where(rows >= 0, self.table.ids[np.maximum(rows, 0)], -1)
         return SearchResult(ids, metrics.finalize(self.metric, scores))
+
+    # ----------------------------------------------------------------------------------- training hooks
+    @contextmanager
+    def _tenant_view(self, tenant_no: int | None) -> Iterator[object]:
+        """Exact search and scoring over what the tenant sees, consistent while the read lock is held."""
+        from engine.training.search import ScopedVectors
+
+        with self._rw.read():
+            self._check_open()
+            rows = np.zeros(0, np.int64) if tenant_no is None else self.index.rows(tenant_no)
+            yield ScopedVectors(self.table.data, rows, self.table.ids, metric=self.metric)
+
+    def _index_search_fn(self, tenant_no: int | None, ef: int | None):
+        """The index's (approximate) tenant search as ``(queries, depth) -> (ids, similarities)``."""
+        from engine.training.search import similarity
+
+        def search(q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+            if tenant_no is None:
+                return np.full((q.shape[0], depth), -1, np.int64), np.full((q.shape[0], depth), -np.inf, np.float32)
+            s, r = self.index.search(q, depth, tenant_no, ef=ef)
+            return np.where(r >= 0, self.table.ids[np.maximum(r, 0)], -1), similarity(self.metric, s)
+
+        return search
+
+    def mine_hard_negatives(self, queries, positives, *, tenant: str, **options) -> negatives.MinedNegatives:
+        """Hard negatives for each query among the vectors ``tenant`` sees (STAR; sentence-transformers' names).
+
+        Takes the options of ``mine_hard_negatives_stream`` and returns its chunks joined.
+        """
+        parts = [part for _, _, part in self.mine_hard_negatives_stream(queries, positives, tenant=tenant, **options)]
+        return negatives.MinedNegatives.concat(parts)
+
+    def mine_hard_negatives_stream(
+        self,
+        queries,
+        positives,
+        *,
+        tenant: str,
+        exact: bool = True,
+        ef: int | None = None,
+        chunk_size: int = 1024,
+        principal: str | None = ADMIN,
+        **options,
+    ) -> Iterator[tuple[int, int, negatives.MinedNegatives]]:
+        """Mine in chunks of ``chunk_size`` queries: yields ``(first_row, total_rows, MinedNegatives)``.
+
+        Options are ``engine.training.negatives.mine_hard_negatives``'s (``num_negatives``, ``range_min``,
+        ``range_max``, ``absolute_margin``, ``relative_margin``, ``max_score``, ``min_score``, ``sampling``,
+        ``random_negatives``, ``seed``). Candidates, positives' scores and random negatives all come from
+        the vectors ``tenant`` sees; a positive it cannot see scores NaN (no existence leak) and sets no
+        margin. ``exact=False`` searches with the index (``ef``) and reports its measured recall against
+        exact search on a sample of each chunk. The read lock is held per chunk, not for the whole job.
+        """
+        tenant = self._acting(tenant, principal)
+        q = metrics.prepare(self.metric, validate.vectors(queries, self.dim, what="queries"))
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidArgument(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        pos = positives if isinstance(positives, np.ndarray) else list(positives)
+        if len(pos) != q.shape[0]:
+            raise InvalidArgument(f"got {len(pos)} positives for {q.shape[0]} queries; give one entry per query")
+        tenant_no = self._db._tenants.find(tenant)
+        depth = int(options.get("range_max") or 100)
+        for first in range(0, q.shape[0], chunk_size):
+            part_q, part_pos = q[first : first + chunk_size], pos[first : first + chunk_size]
+            with self._tenant_view(tenant_no) as view:
+                search = view.search if exact else self._index_search_fn(tenant_no, ef)
+                part = negatives.mine_hard_negatives(
+                    search, view.score_visible, part_q, part_pos, random_pool=view.pool, row_offset=first, **options
+                )
+                if not exact:
+                    part = replace(part, recall=negatives.measure_recall(search, view.search, part_q, depth))
+            yield first, q.shape[0], part
+
+    def dynamic_negatives(
+        self, positives, *, tenant: str, k: int = 200, principal: str | None = ADMIN
+    ) -> DynamicNegatives:
+        """ADORE: a session that searches query embeddings from the encoder being trained against the
+        frozen documents ``tenant`` sees, returning top-``k`` ids and scores with each query's positives masked.
+        """
+        tenant = self._acting(tenant, principal)
+        tenant_no = self._db._tenants.find(tenant)
+
+        def search(embeddings: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+            q = metrics.prepare(self.metric, validate.vectors(embeddings, self.dim, what="embeddings"))
+            with self._tenant_view(tenant_no) as view:
+                return view.search(q, depth)
+
+        return DynamicNegatives(search, positives, k=k)
 
     def count(self, *, tenant: str, principal: str | None = ADMIN) -> int:
         """How many vectors ``tenant`` can see."""

@@ -64,6 +64,26 @@ Compression = LVQ | LeanVec | None
 
 
 @dataclass(frozen=True)
+class PRF:
+    """Vector pseudo-relevance feedback for one search: move each query toward its top ``depth`` results.
+
+    ``q' = alpha * q + beta * mean(top depth results)``, renormalised to the norm of ``q``; then search again.
+    """
+
+    depth: int = 3
+    alpha: float = 1.0
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or not 1 <= self.depth <= 1000:
+            raise InvalidArgument(f"PRF depth must be an integer from 1 to 1000, got {self.depth!r}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise InvalidArgument(f"PRF {name} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
 class CollectionInfo:
     """What a collection is: its name, vector dimension, metric and compression."""
 
