@@ -1,0 +1,315 @@
+"""LeanVec / LVQ benchmark: recall@10 against QPS and bytes per vector, Grove codecs against faiss, one run.
+
+    python bench/leanvec.py [--data ../shared/data] [--queries 500] [--out bench/results]
+
+One search thread (numba and faiss), k = 10, one query per call (as a service sees them), no tenant filter,
+both query sets of the real data set (``queries_id``, ``queries_ood``; the first ``--queries`` are measured
+and the rest is the held-out query sample LeanVec-OOD learns from). Grove side: until the Curator tree index
+is integrated, every Grove configuration is a flat scan of its primary codes over all rows, followed by a
+rerank of ``candidates`` rows with the secondary codes; ``candidates`` is the recall knob. faiss IVF-SQ8,
+IVF-PQ and HNSW-SQ8 are built in the same run (builds may use 2 threads; searches use 1). Also times
+learning the projections on a synthetic 100k x 384 set with 10k queries.
+
+Writes ``leanvec.md`` (table), ``leanvec.png`` (plot) and ``leanvec.json`` (every point) under ``--out``.
+The machine is shared: absolute QPS is noisy (+-30% or worse); compare methods within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+K = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+def tie_aware_recall(found: np.ndarray, base: np.ndarray, queries: np.ndarray, gt: np.ndarray, gt_s: np.ndarray):
+    """Recall@10; a returned id also counts when its true score ties the 10th true score (within 1e-4)."""
+    hits = total = 0
+    for i in range(found.shape[0]):
+        want = set(gt[i, :K].tolist())
+        kth = gt_s[i, K - 1]
+        got = 0
+        for r in dict.fromkeys(found[i, :K].tolist()):
+            if r < 0:
+                continue
+            if r in want or float(base[r] @ queries[i]) >= kth - 1e-4:
+                got += 1
+        hits += min(got, K)
+        total += K
+    return hits / total
+
+
+def qps_at(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Highest QPS with recall >= target, interpolating linearly between neighbouring sweep points."""
+    pts = sorted(curve)
+    best = None
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if r0 < target <= r1:
+            best = max(best or 0.0, q0 + (q1 - q0) * (target - r0) / (r1 - r0))
+    for r, q in pts:
+        if r >= target:
+            best = max(best or 0.0, q)
+    return best
+
+
+def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
+    """Run ``search(q[1, D]) -> ids[k]`` for each query; return the ids and the QPS."""
+    out = np.full((len(queries), K), -1, np.int64)
+    search(queries[:1])  # warm up (numba compilation, caches)
+    t0 = time.perf_counter()
+    for i in range(len(queries)):
+        ids = search(queries[i : i + 1])
+        out[i, : len(ids)] = ids[:K]
+    return out, len(queries) / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------------------------
+def grove_methods(base: np.ndarray, q_train: np.ndarray):
+    """(name, build seconds, bytes per vector, search factory(param) -> fn, sweep) for each Grove codec."""
+    from engine.quant.codec import build_codec
+    from engine.types import LVQ, LeanVec
+
+    rows = np.arange(len(base), dtype=np.int64)
+    configs = [
+        ("Grove float32 (exact)", None, [None]),
+        ("Grove LVQ-8", LVQ(8), [None]),
+        ("Grove LVQ-4x8", LVQ(4, 8), [10, 20, 50]),
+        ("Grove LeanVec-ID 128 + LVQ-8/LVQ-8", LeanVec(128, "id", "lvq8", "lvq8"), [10, 20, 30, 50, 80, 120, 200]),
+        ("Grove LeanVec-OOD 128 + LVQ-8/LVQ-8", LeanVec(128, "ood", "lvq8", "lvq8"), [10, 20, 30, 50, 80, 120, 200]),
+        ("Grove LeanVec-OOD 128 + LVQ-8/LVQ-4", LeanVec(128, "ood", "lvq8", "lvq4"), [20, 50, 120, 200]),
+    ]
+    for name, cfg, sweep in configs:
+        t0 = time.perf_counter()
+        codec = build_codec(cfg, base, q_train, metric="ip")
+        enc = codec.encode(base)
+        build = time.perf_counter() - t0
+
+        def factory(param, codec=codec, enc=enc):
+            def search(q):
+                return codec.search(codec.prepare_queries(q), enc, rows, K, candidates=param)[1][0]
+
+            return search
+
+        info = codec.describe()
+        yield name, build, enc.nbytes / len(base), factory, sweep, info
+
+
+def faiss_methods(base: np.ndarray, build_threads: int):
+    import faiss
+
+    d = base.shape[1]
+    n = len(base)
+    nlist = 512
+    specs = [
+        ("faiss Flat IP (exact)", lambda: faiss.IndexFlatIP(d), None, [None]),
+        (
+            f"faiss IVF{nlist}-SQ8",
+            lambda: faiss.IndexIVFScalarQuantizer(
+                faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            ),
+            "nprobe",
+            [1, 2, 4, 8, 16, 32, 64],
+        ),
+        (
+            f"faiss IVF{nlist}-PQ96x8",
+            lambda: faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, 96, 8, faiss.METRIC_INNER_PRODUCT),
+            "nprobe",
+            [1, 2, 4, 8, 16, 32, 64],
+        ),
+        (
+            "faiss HNSW32-SQ8",
+            lambda: faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT),
+            "efSearch",
+            [10, 16, 32, 64, 128, 256],
+        ),
+    ]
+    for name, make, knob, sweep in specs:
+        faiss.omp_set_num_threads(build_threads)
+        t0 = time.perf_counter()
+        idx = make()
+        if not idx.is_trained:
+            idx.train(base)
+        idx.add(base)
+        build = time.perf_counter() - t0
+        faiss.omp_set_num_threads(1)
+        nbytes = len(faiss.serialize_index(idx)) / n
+
+        def factory(param, idx=idx, knob=knob):
+            if knob == "nprobe":
+                idx.nprobe = param
+            elif knob == "efSearch":
+                idx.hnsw.efSearch = param
+
+            def search(q):
+                return idx.search(q, K)[1][0]
+
+            return search
+
+        yield name, build, nbytes, factory, sweep, {"knob": knob}
+
+
+def training_time(seed: int = 0) -> dict[str, float]:
+    """Seconds to learn each projection from 100k x 384 vectors and 10k queries (synthetic, shifted)."""
+    from engine.quant import leanvec
+
+    rng = np.random.default_rng(seed)
+    d = 384
+    rot, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    i = np.arange(1, d + 1)
+    x = ((rng.standard_normal((100_000, d)) / np.sqrt(i)) @ rot.T).astype(np.float32)
+    q = ((rng.standard_normal((10_000, d)) * np.where(i > 64, 1.0, 0.2) / i**0.25) @ rot.T).astype(np.float32)
+    out = {}
+    t0 = time.perf_counter()
+    leanvec.fit_id(x, 128)
+    out["id"] = time.perf_counter() - t0
+    for method in leanvec.OOD_METHODS:
+        t0 = time.perf_counter()
+        p = leanvec.fit_ood(x, q, 128, method=method)
+        out[f"ood-{method}" + (f" (chose {p.method})" if method == "auto" else "")] = time.perf_counter() - t0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--queries", type=int, default=500, help="queries measured per set")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--skip-faiss", action="store_true")
+    a = ap.parse_args()
+
+    import numba
+
+    numba.set_num_threads(1)
+    from engine import kernels
+
+    data = Path(a.data)
+    base = np.load(data / "base_vectors.f16.npy").astype(np.float32)
+    sets = {}
+    for name in ("id", "ood"):
+        q = np.load(data / f"queries_{name}.f32.npy")
+        sets[name] = dict(
+            test=q[: a.queries],
+            train=q[a.queries :],
+            gt=np.load(data / f"gt_{name}_top100_ids.npy")[: a.queries],
+            gt_s=np.load(data / f"gt_{name}_top100_scores.npy")[: a.queries],
+        )
+    env = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "kernels": kernels.describe() | {"threads": 1},
+        "n": len(base),
+        "dim": base.shape[1],
+        "queries_per_set": a.queries,
+    }
+    print(json.dumps(env))
+    print("Grove side: a FLAT scan of the compressed primary codes over all rows + rerank (no Curator tree yet)")
+
+    results = []
+    for qset, s in sets.items():
+        methods = list(grove_methods(base, s["train"]))
+        if not a.skip_faiss and qset == "id":
+            faiss_built = list(faiss_methods(base, a.build_threads))
+        methods += [] if a.skip_faiss else faiss_built
+        for name, build, nbytes, factory, sweep, info in methods:
+            curve = []
+            for param in sweep:
+                ids, qps = timed(factory(param), s["test"])
+                rec = tie_aware_recall(ids, base, s["test"], s["gt"], s["gt_s"])
+                curve.append(dict(param=param, recall=rec, qps=qps))
+                print(f"{qset:3s} {name:40s} param={param!s:5s} recall@10={rec:.4f} qps={qps:8.1f}", flush=True)
+            results.append(dict(set=qset, method=name, build_s=build, bytes_per_vector=nbytes, curve=curve, info=info))
+    env["load_avg_end"] = os.getloadavg()
+    print("training the projections on 100k x 384 + 10k queries ...", flush=True)
+    train = training_time()
+    print(json.dumps(train))
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leanvec.json").write_text(json.dumps(dict(env=env, results=results, training_s=train), indent=1))
+    table = render_table(results, env, train)
+    (out / "leanvec.md").write_text(table)
+    print(table)
+    plot(results, out / "leanvec.png")
+    print(f"wrote {out / 'leanvec.md'}, {out / 'leanvec.png'}, {out / 'leanvec.json'}")
+
+
+def render_table(results, env, train) -> str:
+    f32 = {r["set"]: r for r in results if r["method"].startswith("Grove float32")}
+    lines = [
+        "# LeanVec / LVQ benchmark",
+        "",
+        f"N = {env['n']} x {env['dim']} (real documentation embeddings), {env['queries_per_set']} queries per set, "
+        "k = 10, one search thread, one query per call, no tenant filter. Grove = flat scan of the primary codes "
+        "+ rerank (the Curator tree index is not integrated yet). Noisy shared 2-core machine "
+        f"(load average {env['load_avg_start'][0]:.1f} at start, {env['load_avg_end'][0]:.1f} at end): "
+        "compare within the run.",
+        "",
+        "| set | method | bytes/vec | vs f32 bytes | build s | QPS@0.90 | QPS@0.95 | x f32 @0.95 | max recall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        curve = [(p["recall"], p["qps"]) for p in r["curve"]]
+        q90, q95 = qps_at(curve, 0.90), qps_at(curve, 0.95)
+        base95 = qps_at([(p["recall"], p["qps"]) for p in f32[r["set"]]["curve"]], 0.95)
+
+        def fmt(v, spec=".0f"):
+            return "-" if v is None else format(v, spec)
+
+        lines.append(
+            f"| {r['set']} | {r['method']} | {r['bytes_per_vector']:.0f} | "
+            f"{r['bytes_per_vector'] / (4 * env['dim']):.2f} | {r['build_s']:.1f} | {fmt(q90)} | {fmt(q95)} | "
+            f"{fmt(q95 / base95 if q95 and base95 else None, '.2f')} | {max(c[0] for c in curve):.4f} |"
+        )
+    lines += ["", "Projection training on 100k x 384 vectors + 10k queries (synthetic, shifted), seconds:", ""]
+    lines += [f"- {k}: {v:.1f}" for k, v in train.items()]
+    lines += ["", "Grove bytes/vec = codes + per-vector constants (no ids/ACL); faiss = serialized index / N."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
+    for ax, qset in zip(axes, ("id", "ood")):
+        for r in results:
+            if r["set"] != qset:
+                continue
+            rec = [min(max(p["recall"], 0.01), 0.9995) for p in r["curve"]]  # the logit axis has no 0 or 1
+            qps = [p["qps"] for p in r["curve"]]
+            style = "-o" if r["method"].startswith("Grove") else "--s"
+            ax.plot(rec, qps, style, label=f"{r['method']} ({r['bytes_per_vector']:.0f} B/vec)", markersize=4)
+        ax.set_xscale("logit")
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10 (tie-aware; 1.0 drawn at 0.9995)")
+        ax.set_title(f"queries_{qset}: 1 thread, k=10, Grove = flat scan + rerank")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.axvline(0.95, color="grey", lw=0.8)
+    axes[0].set_ylabel("queries per second")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
