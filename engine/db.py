@@ -11,8 +11,10 @@ tenant API key. A tenant principal may act only as itself and only on rows it ca
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -29,6 +31,7 @@ from engine.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from engine.index.curator import CuratorIndex
 from engine.index.flat import FlatIndex
 from engine.index.table import VectorTable
 from engine.kernels import metrics
@@ -41,6 +44,13 @@ from engine.training.prf import prf_queries
 from engine.types import LVQ, PRF, CollectionInfo, Compression, LeanVec, SearchResult
 
 ADMIN = None  # the principal of the admin key and of the embedded SDK
+
+#: a collection is indexed (Curator) automatically once it holds this many vectors; below it every search is
+#: exact (a scan of the tenant's rows: at most this many, a few milliseconds). ``build_index()`` indexes
+#: earlier, ``configure(auto_index_rows=...)`` moves the threshold per collection.
+AUTO_INDEX_ROWS = 100_000
+#: the index-state key whose presence says the saved index matches the stored vectors (every write deletes it)
+_CLEAN = "~clean"
 
 
 def _compression_to_json(c: Compression) -> dict | None:
@@ -56,6 +66,12 @@ def _compression_from_json(d: dict | None) -> Compression:
         return None
     kind = d.pop("type")
     return LVQ(**d) if kind == "lvq" else LeanVec(**d)
+
+
+def _deleting(key: bytes) -> Batch:
+    batch = Batch()
+    batch.delete(key)
+    return batch
 
 
 class _Tenants:
@@ -104,10 +120,13 @@ class Collection:
         self.no = col_no
         self.info = info
         self.table = VectorTable(info.dim)
-        self.index = FlatIndex(self.table, info.metric)
+        self.index: FlatIndex | CuratorIndex = FlatIndex(self.table, info.metric)
         self._rw = RWLock()
         self._writer = threading.Lock()
         self.dropped = False
+        self.auto_index_rows = AUTO_INDEX_ROWS
+        self._builder: threading.Thread | None = None
+        self._dirty_key = keys.index_state(col_no, _CLEAN)
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -143,7 +162,7 @@ class Collection:
         if tenant_no is None:
             bad = slots < 0
         else:
-            bad = np.array([s < 0 or not self.table.sees(s, tenant_no) for s in slots.tolist()], bool)
+            bad = ~self.table.sees_many(slots, tenant_no)
         if bad.any():
             missing = ids[bad]
             raise NotFound(
@@ -153,6 +172,7 @@ class Collection:
         return slots
 
     def _commit(self, batch: Batch, new_tenant: str | None) -> None:
+        batch.delete(self._dirty_key)  # the saved index no longer matches the vectors
         try:
             self._store.write(batch)
         except Exception:
@@ -201,6 +221,8 @@ class Collection:
                     fresh = self.table.allocate(int(new.sum()))
                     self.table.put(fresh, ids[new], prepared[new], tenant_no)
                     self.index.add(tenant_no, fresh)
+            if self._index_due():
+                self._build_in_background()
         return int(ids.size)
 
     def _replace(self, slots: np.ndarray, prepared: np.ndarray) -> None:
@@ -231,16 +253,14 @@ class Collection:
             slots = self._visible_slots(ids, who_no, "tenant " + repr(principal) if principal else "any tenant")
             batch = Batch()
             tenant_no, is_new = self._db._tenants.ensure(tenant, batch)
-            todo = np.array([not self.table.sees(s, tenant_no) for s in slots.tolist()], bool)
+            todo = ~self.table.sees_many(slots, tenant_no)
             for i in ids[todo].tolist():
                 batch.put(keys.grant(self.no, i, tenant_no), b"")
             if len(batch) == 0:
                 return 0
             self._commit(batch, tenant if is_new else None)
-            rows = slots[todo]
             with self._rw.write():
-                for s in rows.tolist():
-                    self.table.grant(s, tenant_no)
+                rows = self.table.grant(slots[todo], tenant_no)
                 if rows.size:
                     self.index.add(tenant_no, rows)
         return int(rows.size)
@@ -267,7 +287,7 @@ class Collection:
                     f"tenant {tenant!r} owns ids {ids[owned][:5].tolist()}; an owner's access cannot be "
                     "revoked, delete the vectors instead"
                 )
-            granted = np.array([tenant_no in self.table.grants.get(s, ()) for s in slots.tolist()], bool)
+            granted = self.table.grants.has(slots, tenant_no)
             if not granted.any():
                 return 0
             batch = Batch()
@@ -276,8 +296,7 @@ class Collection:
             self._commit(batch, None)
             rows = slots[granted]
             with self._rw.write():
-                for s in rows.tolist():
-                    self.table.revoke(s, tenant_no)
+                self.table.revoke(rows, tenant_no)
                 self.index.remove(tenant_no, rows)
         return int(rows.size)
 
@@ -300,7 +319,7 @@ class Collection:
             batch = Batch()
             for i, s in zip(ids.tolist(), slots.tolist()):
                 batch.delete(keys.vector(self.no, i))
-                for t in self.table.grants.get(s, ()):
+                for t in self.table.grants.tenants_of(s):
                     batch.delete(keys.grant(self.no, i, t))
             self._commit(batch, None)
             with self._rw.write():
@@ -351,6 +370,80 @@ class Collection:
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
             ids = np.where(rows >= 0, self.table.ids[np.maximum(rows, 0)], -1)
         return SearchResult(ids, metrics.finalize(self.metric, scores))
+
+    # ----------------------------------------------------------------------------------- index lifecycle
+    def build_index(self, *, background: bool = False) -> dict[str, float]:
+        """Train the Curator index on everything stored and swap it in atomically; also the way to retrain.
+
+        Searches go on against the old index while it builds; writes wait for it (a few seconds per 100k
+        vectors). The trained index is checkpointed to the store, so a restart reloads it without training.
+        With ``background=True`` it returns at once and builds in a thread.
+        """
+        if background:
+            self._build_in_background()
+            return {"background": 1.0}
+        with self._writer:
+            return self._build_locked()
+
+    def _build_locked(self) -> dict[str, float]:
+        self._check_open()
+        t0 = time.perf_counter()
+        with self._rw.write():
+            self.table.fit()
+        index = CuratorIndex.build(self.table, self.metric, self.table.visible_rows())
+        built = time.perf_counter() - t0
+        self._store.write(_deleting(self._dirty_key))
+        self._checkpoint(index)
+        with self._rw.write():
+            self.index = index
+        return {"vectors": float(len(self.table)), "build_s": built, "trained": float(index.trained)}
+
+    def _index_due(self) -> bool:
+        if isinstance(self.index, FlatIndex):
+            return len(self.table) >= self.auto_index_rows
+        return self.index.needs_training()
+
+    def _build_in_background(self) -> None:
+        if self._builder is not None and self._builder.is_alive():
+            return
+
+        def build() -> None:
+            with self._writer:
+                if not self.dropped and self._db._open:
+                    self._build_locked()
+
+        self._builder = threading.Thread(target=build, name=f"grove-index-{self.name}", daemon=True)
+        self._builder.start()
+
+    def _checkpoint(self, index: CuratorIndex | None = None) -> None:
+        """Save the Curator index's arrays and mark them current (caller holds the writer mutex)."""
+        index = index or self.index
+        if not isinstance(index, CuratorIndex) or self._store.get(self._dirty_key) is not None:
+            return  # nothing to save, or the saved state is current
+        batch = Batch()
+        batch.delete_range(keys.index_state(self.no, ""), keys.collection_prefix(keys.INDEX, self.no + 1))
+        for name, arr in index.state().items():
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            batch.put(keys.index_state(self.no, name), buf.getvalue())
+        batch.put(self._dirty_key, b"1")
+        self._store.write(batch)
+
+    def _saved_index(self) -> CuratorIndex | None:
+        """The checkpointed index, if it matches the stored vectors; None when there is none or it is stale."""
+        prefix = keys.index_state(self.no, "")
+        state = {k[len(prefix) :].decode(): v for k, v in self._store.scan(prefix)}
+        if state.pop(_CLEAN, None) is None or not state:
+            return None
+        try:
+            arrays = {name: np.load(io.BytesIO(raw), allow_pickle=False) for name, raw in state.items()}
+            return CuratorIndex.from_state(self.table, self.metric, arrays)
+        except ValueError:
+            return None
+
+    def _has_saved_tree(self) -> bool:
+        prefix = keys.index_state(self.no, "")
+        return any(True for _ in self._store.scan(prefix))
 
     # ----------------------------------------------------------------------------------- training hooks
     @contextmanager
@@ -455,16 +548,11 @@ class Collection:
         with self._rw.read():
             self._check_open()
             parts = {**self.table.nbytes(), **self.index.nbytes()}
-            n_tenants = len({int(t) for t in self.table.owner if t >= 0} | self._granted_tenants())
+            owners = set(np.unique(self.table.owner[self.table.owner >= 0]).tolist())
+            n_tenants = len(owners | self.table.grants.tenants())
             out = {"vectors": len(self.table), "tenants": n_tenants, "dim": self.dim}
         out.update(parts)
         out["total_bytes"] = sum(parts.values())
-        return out
-
-    def _granted_tenants(self) -> set[int]:
-        out: set[int] = set()
-        for g in self.table.grants.values():
-            out |= g
         return out
 
     # ----------------------------------------------------------------------------------- loading
@@ -488,13 +576,18 @@ class Collection:
         granted: dict[int, list[int]] = {}
         for key, _ in self._store.scan(keys.collection_prefix(keys.GRANT, self.no)):
             slot = self.table.slot_of.get(keys.read_vid(key, 5))
-            if slot is None:
-                continue  # a grant whose vector is gone cannot be written by Grove; ignore it defensively
-            t = keys.read_u32(key, 13)
-            self.table.grant(slot, t)
-            granted.setdefault(t, []).append(slot)
+            if slot is not None:  # a grant outlives its vector only if written outside Grove: ignore it
+                granted.setdefault(keys.read_u32(key, 13), []).append(slot)
         for t, slots_t in granted.items():
-            self.index.add(t, np.array(slots_t, np.int64))
+            rows = self.table.grant(np.array(slots_t, np.int64), t)
+            self.index.add(t, rows)
+        self.table.fit()
+        saved = self._saved_index()
+        if saved is not None:
+            self.index = saved
+        elif self._has_saved_tree() or len(self.table) >= self.auto_index_rows:
+            # indexed before a crash (or the threshold was crossed): retrain from the store
+            self._build_locked()
 
 
 class Database:
@@ -505,6 +598,7 @@ class Database:
         self._store = Store(self.path)
         self._lock = threading.Lock()
         self._tenants = _Tenants(self._store)
+        self._open = True
         self._collections: dict[str, Collection] = {}
         kernels.warm()  # a JIT's first call costs ~1 s: pay it at open, not in the first search
         for key, value in self._store.scan(keys.COLLECTION):
@@ -596,7 +690,16 @@ class Database:
         return who[1:].decode()
 
     def close(self) -> None:
+        """Checkpoint every index, flush and close the store; idempotent."""
         with self._lock:
+            if not self._open:
+                return
+            self._open = False
+            for col in self._collections.values():
+                if col._builder is not None:
+                    col._builder.join()
+                with col._writer:
+                    col._checkpoint()
             self._store.close()
 
     def __enter__(self) -> Database:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_EMPTY: frozenset[int] = frozenset()
+from engine.index.grants import GrantSet
+from engine.index.idmap import IdMap
 
 
 class VectorTable:
@@ -18,8 +19,8 @@ class VectorTable:
         self.data = np.zeros((capacity, dim), np.float32)
         self.ids = np.full(capacity, -1, np.int64)
         self.owner = np.full(capacity, -1, np.int32)
-        self.grants: dict[int, set[int]] = {}
-        self.slot_of: dict[int, int] = {}
+        self.grants = GrantSet()
+        self.slot_of = IdMap()
         self._free: list[int] = []
         self._high = 0
 
@@ -28,15 +29,30 @@ class VectorTable:
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids``, -1 where an id is absent."""
-        get = self.slot_of.get
-        return np.fromiter((get(i, -1) for i in ids.tolist()), np.int64, ids.shape[0])
+        return self.slot_of.get_many(ids)
 
     def sees(self, slot: int, tenant: int) -> bool:
-        return self.owner[slot] == tenant or tenant in self.grants.get(slot, _EMPTY)
+        return bool(self.sees_many(np.array([slot], np.int64), tenant)[0])
+
+    def sees_many(self, slots: np.ndarray, tenant: int) -> np.ndarray:
+        """Whether ``tenant`` sees each of ``slots`` (owner or granted); absent slots (-1) are False."""
+        ok = slots >= 0
+        safe = np.where(ok, slots, 0)
+        return ok & ((self.owner[safe] == tenant) | self.grants.has(safe, tenant))
 
     def tenants_of(self, slot: int) -> list[int]:
         """Owner first, then the granted tenants."""
-        return [int(self.owner[slot]), *sorted(self.grants.get(slot, _EMPTY))]
+        return [int(self.owner[slot]), *sorted(self.grants.tenants_of(slot))]
+
+    def visible_rows(self) -> dict[int, np.ndarray]:
+        """Every tenant's visible rows (owned and granted): the input of an index bulk build."""
+        live = np.flatnonzero(self.owner[: self._high] >= 0)
+        rows, tenants = self.grants.pairs()
+        all_rows = np.concatenate([live, rows])
+        all_tenants = np.concatenate([self.owner[live].astype(np.int64), tenants])
+        order = np.argsort(all_tenants, kind="stable")
+        cuts = np.flatnonzero(np.diff(all_tenants[order])) + 1
+        return {int(all_tenants[p[0]]): all_rows[p] for p in np.split(order, cuts) if p.size}
 
     def allocate(self, n: int) -> np.ndarray:
         """``n`` free slots, growing the matrix when needed."""
@@ -50,7 +66,7 @@ class VectorTable:
         return out
 
     def _grow(self, need: int) -> None:
-        cap = max(need, int(self.data.shape[0] * 1.5) + 1024)
+        cap = max(need, int(self.data.shape[0] * 1.25) + 1024)
         data = np.zeros((cap, self.dim), np.float32)
         data[: self._high] = self.data[: self._high]
         ids = np.full(cap, -1, np.int64)
@@ -59,44 +75,46 @@ class VectorTable:
         owner[: self._high] = self.owner[: self._high]
         self.data, self.ids, self.owner = data, ids, owner
 
+    def fit(self) -> None:
+        """Drop the spare capacity beyond the highest slot in use and compact the maps (after a bulk load)."""
+        self.slot_of.compact()
+        if self.data.shape[0] > self._high:
+            self.data = self.data[: self._high].copy()
+            self.ids = self.ids[: self._high].copy()
+            self.owner = self.owner[: self._high].copy()
+
     def put(self, slots: np.ndarray, ids: np.ndarray, vectors: np.ndarray, owner: int) -> None:
         self.data[slots] = vectors
         self.ids[slots] = ids
         self.owner[slots] = owner
-        self.slot_of.update(zip(ids.tolist(), slots.tolist()))
+        self.slot_of.put_many(ids, slots)
 
     def free(self, slots: np.ndarray) -> None:
-        for s in slots.tolist():
-            del self.slot_of[int(self.ids[s])]
-            self.grants.pop(s, None)
-            self._free.append(s)
+        self.grants.remove_rows(slots)
+        self.slot_of.remove_many(self.ids[slots])
+        self._free.extend(slots.tolist())
         self.ids[slots] = -1
         self.owner[slots] = -1
         self.data[slots] = 0
 
-    def grant(self, slot: int, tenant: int) -> bool:
-        """Add ``tenant`` to the row's grants; False when it already sees the row."""
-        if self.sees(slot, tenant):
-            return False
-        self.grants.setdefault(slot, set()).add(tenant)
-        return True
+    def grant(self, slots: np.ndarray, tenant: int) -> np.ndarray:
+        """Grant ``slots`` to ``tenant``; returns those it did not see before (the ones granted now)."""
+        slots = np.atleast_1d(np.asarray(slots, np.int64))
+        new = slots[~self.sees_many(slots, tenant)]
+        self.grants.add(new, tenant)
+        return new
 
-    def revoke(self, slot: int, tenant: int) -> bool:
-        """Remove a grant; False when there was none."""
-        granted = self.grants.get(slot)
-        if not granted or tenant not in granted:
-            return False
-        granted.discard(tenant)
-        if not granted:
-            del self.grants[slot]
-        return True
+    def revoke(self, slots: np.ndarray, tenant: int) -> np.ndarray:
+        """Take back ``tenant``'s grants of ``slots``; returns those it had."""
+        slots = np.atleast_1d(np.asarray(slots, np.int64))
+        had = slots[self.grants.has(slots, tenant)]
+        self.grants.remove(had, tenant)
+        return had
 
     def nbytes(self) -> dict[str, int]:
-        n_grants = sum(len(g) for g in self.grants.values())
         return {
             "vectors_bytes": int(self.data.nbytes),
             "row_meta_bytes": int(self.ids.nbytes + self.owner.nbytes),
-            # dict entries: ~100 B per id, ~60 B per grant set entry (CPython sizes, measured roughly)
-            "id_map_bytes": 100 * len(self.slot_of),
-            "acl_bytes": 60 * n_grants + 200 * len(self.grants),
+            "id_map_bytes": self.slot_of.nbytes(),
+            "acl_bytes": self.grants.nbytes(),
         }

@@ -1,0 +1,691 @@
+"""The Curator multi-tenant index (curator.md): one shared clustering tree, a subtree per tenant.
+
+Design, and where it departs from the paper
+-------------------------------------------
+* **Shared tree (GCT, §1.1)**: ``engine.index.tree.ClusterTree``, hierarchical k-means trained on a sample,
+  frozen after training. A row is routed to a leaf once, the first time any tenant sees it, and stored once:
+  its vector stays in the ``VectorTable``; a row visible to several tenants repeats only as an id.
+* **Per-tenant shortlists (§1.2, §1.4)** are slices of one sorted array per tenant, its *entries*
+  ``(leaf_rank << 32) | code_slot`` (8 B per (vector, tenant) pair; a row's code slot is where its scan code
+  lives, see below, and maps back to the table row). Leaves are ranked depth first, so the entries
+  below any tree node are one contiguous slice, found by binary search. A tenant's Curator TCT follows from
+  counts: node ``n`` holds a shortlist for tenant ``t`` exactly when ``t`` has at most ``max_sl_size`` entries
+  below ``n`` and more below ``n``'s parent (or ``n`` is a GCT leaf): the v2 split/merge rule (§2.5).
+  Splits and merges therefore move no data, so crossing the threshold either way costs nothing: there is
+  no split/merge churn to damp and no hysteresis band is needed.
+* **Tenant presence (§1.3)** is exact, read from the same sorted arrays (an empty slice means absent),
+  instead of per-node Bloom filters: no false positives, no stale bits after deletes, no bytes beyond the
+  entries (curator.md §5.5 allows an exact structure). ``nbytes()`` reports ``bloom_filters_bytes = 0``,
+  and there is no ``engine/index/bloom.py``: it would only add false positives and memory.
+* **Small tenants**: a tenant with at most ``exact_max`` vectors is scanned exhaustively in full precision
+  (exact results); a larger one with at most ``max_sl_size`` is one shortlist at the root, scanned whole.
+* **Updates**: new entries go to a short unsorted per-tenant *tail* (at most ``TAIL_CAP``, scanned by every
+  search), merged into the sorted array when full; deletes tombstone the entry in place (row field
+  ``DEAD``) and the array is compacted once tombstones exceed ``DEAD_FRACTION`` of it. A single update costs
+  O(log n) plus amortised O(n / TAIL_CAP) copying.
+* **Scan codes** (not in the paper; they are what makes a gather scan competitive with per-tenant indexes,
+  whose vectors are contiguous): each placed row has a 4-bit code of its top ``code_dim`` principal
+  coordinates (``code_dim / 2`` bytes, ``_Codec``). A search ranks candidates by their codes (two cache lines
+  per candidate instead of 24 for a 384-d float32 vector) and rescores the best ``rerank`` from the float32
+  vectors in the table, so the returned scores are exact. Codes sit in *code slots* handed out in leaf order
+  by bulk placement and ``compact()``, so the codes of a shortlist lie close together (measured: a third
+  less scan time than codes indexed by table row); rows inserted later take free or new slots.
+* **Search (§2.6-2.7)**: best-first over the tenant's subtree by the distance of the projected query to the
+  projected centroids (v2's variance boost is available, but measured worse on the shared data, so it
+  defaults to 0); shortlists are scanned into a candidate heap; the search stops once the last ``ef``
+  scanned candidates left the heap unchanged. This is v2's early stop counted in candidates rather than in
+  shortlists (v2 stops at the first shortlist that leaves a list of capacity ``ef`` unchanged, which
+  measured a worse recall/speed curve here). A larger ``ef`` explores more.
+
+Rows are ``VectorTable`` slots; scores are the kernel surrogates (``ip`` -> dot, ``l2`` -> minus squared
+distance; cosine rows are stored unit-normalised and scored as ``ip``). Not thread-safe by itself:
+``engine.db.Collection`` serialises writes against searches with its readers-writer lock; searches run in
+parallel with each other (the kernels release the GIL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from engine.index.tree import ClusterTree
+from engine.kernels import metrics
+from engine.kernels import tree as _k
+
+#: unsorted new entries per tenant before they are merged into its sorted array
+TAIL_CAP = 32
+#: a tenant list is compacted once it holds more tombstones than this fraction of its length
+DEAD_FRACTION = 0.125
+#: version of the arrays written by ``state()``
+STATE_VERSION = 1
+#: a collection with fewer vectors than this is best served untrained (exact); a suggestion for callers
+MIN_TRAIN_ROWS = 4096
+#: principal coordinates used for node priorities (the scan codes may keep more)
+NODE_DIM = 128
+
+_EMPTY = np.zeros(0, np.int64)
+_BITS = _k.ROW_BITS
+_MASK = np.int64(_k.ROW_MASK)
+
+#: constructor parameters, in the order ``state()`` stores them
+_PARAMS = (
+    "fanout",
+    "max_leaf_size",
+    "max_sl_size",
+    "exact_max",
+    "ef",
+    "candidates",
+    "rerank",
+    "code_dim",
+    "variance_boost",
+    "train_size",
+    "seed",
+)
+
+
+def _grown(a: np.ndarray, cap: int, fill) -> np.ndarray:
+    """``a`` copied into a longer array (``cap`` rows), the new rows set to ``fill``."""
+    out = np.full((cap, *a.shape[1:]), fill, a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+class _TenantList:
+    """One tenant's entries: a sorted array (with tombstones) plus a short unsorted tail."""
+
+    __slots__ = ("main", "dead", "tail", "nt")
+
+    def __init__(self, main: np.ndarray = _EMPTY) -> None:
+        self.main = main
+        self.dead = 0
+        self.tail = _EMPTY
+        self.nt = 0
+
+    def count(self) -> int:
+        return self.main.shape[0] - self.dead + self.nt
+
+    def live_main(self) -> np.ndarray:
+        if not self.dead:
+            return self.main
+        return self.main[(self.main & _MASK) != _k.DEAD]
+
+    def add(self, entries: np.ndarray) -> None:
+        b = entries.shape[0]
+        if self.nt + b <= TAIL_CAP:
+            if self.tail.shape[0] == 0:
+                self.tail = np.empty(TAIL_CAP, np.int64)
+            self.tail[self.nt : self.nt + b] = entries
+            self.nt += b
+            return
+        new = np.concatenate((self.tail[: self.nt], entries)) if self.nt else entries.copy()
+        new.sort()
+        live = self.live_main()
+        self.main = new if live.shape[0] == 0 else np.insert(live, np.searchsorted(live, new), new)
+        self.dead = 0
+        self.nt = 0
+
+    def remove(self, entries: np.ndarray) -> np.ndarray:
+        """Drop entries (-1: skip) from the tail, else by tombstone; returns which of them were there."""
+        found = np.zeros(entries.shape[0], np.bool_)
+        killed, self.nt = _k.remove_entries(self.main, self.tail, self.nt, entries, found)
+        if killed:
+            self.dead += killed
+            if self.dead > DEAD_FRACTION * self.main.shape[0]:
+                self.main = self.live_main()
+                self.dead = 0
+        return found
+
+    def entries(self) -> np.ndarray:
+        """All live entries, sorted."""
+        out = np.concatenate((self.live_main(), self.tail[: self.nt]))
+        out.sort()
+        return out
+
+    def nbytes(self) -> int:
+        return int(self.main.nbytes + self.tail.nbytes)
+
+
+class _Codec:
+    """Scan codes: 4-bit quantised coordinates of each vector in the training sample's top principal directions.
+
+    For ``y = P (x - mu)`` (``P``: the top ``dim`` principal directions; ``dim`` even), the code is
+    ``u = clip(round(y / scale + 7.5), 0, 15)`` with ``scale`` covering 99% of each coordinate (curator.md says
+    nothing about codes: this is Grove's). A candidate is ranked by ``(P q) . (scale * u)`` (``ip``) or
+    ``2 (P q - P mu) . (scale * u) - |scale * (u - 7.5)|^2`` (``l2``), which equal the exact surrogate up to a
+    per-query constant and the error of dropping the other directions and of quantising.
+    """
+
+    def __init__(self, proj: np.ndarray, poff: np.ndarray, scale: np.ndarray) -> None:
+        self.proj = np.ascontiguousarray(proj, np.float32)
+        self.poff = np.ascontiguousarray(poff, np.float32)
+        self.scale = np.ascontiguousarray(scale, np.float32)
+        self.inv_scale = (1.0 / np.maximum(self.scale, 1e-30)).astype(np.float32)
+        self.dim = int(self.proj.shape[0])
+        # the query-side projection is read once per query: int8 with a scale per column (a quarter of the bytes)
+        pt = self.proj.T
+        self.pscale = (np.abs(pt).max(axis=0) / 127.0).astype(np.float32) if pt.size else np.zeros(0, np.float32)
+        pt8 = np.rint(pt / np.maximum(self.pscale, 1e-30)).astype(np.int8)
+        self.kernel_args = (np.ascontiguousarray(pt8), self.pscale, self.poff, self.scale)
+
+    @classmethod
+    def none(cls, d: int) -> _Codec:
+        return cls(np.zeros((0, d), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, dim: int, *, max_rows: int = 50_000) -> _Codec:
+        """PCA on (at most ``max_rows`` of) ``sample``; ``dim`` is cut to the dimension and made even."""
+        d = sample.shape[1]
+        x = sample[:: max(1, sample.shape[0] // max_rows)].astype(np.float64)
+        mu = x.mean(axis=0)
+        xc = x - mu
+        _, vecs = np.linalg.eigh(xc.T @ xc)
+        proj = vecs[:, ::-1].T[: min(dim, d)]  # rows: principal directions, largest variance first
+        if proj.shape[0] % 2:
+            proj = np.concatenate([proj, np.zeros((1, d))])  # a null direction keeps the nibble pairs whole
+        scale = np.percentile(np.abs(xc @ proj.T), 99.0, axis=0) / 7.5
+        return cls(proj, proj @ mu, np.maximum(scale, 1e-12))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"proj": self.proj, "poff": self.poff, "scale": self.scale}
+
+    def nbytes(self) -> int:
+        return int(self.proj.nbytes + sum(a.nbytes for a in self.kernel_args) + self.inv_scale.nbytes)
+
+
+class CuratorIndex:
+    """Multi-tenant Curator index over a ``VectorTable``, with the interface of ``FlatIndex``.
+
+    Parameters
+    ----------
+    table : the collection's ``VectorTable`` (rows are its slots; vectors stay there).
+    metric : ``"ip"``, ``"cosine"`` or ``"l2"``.
+    fanout : the most children of a tree node (default 16).
+    max_leaf_size : a tree node standing for more vectors than this is split at training (default 64).
+    max_sl_size : shortlist threshold: a tenant's entries below a node are scanned as one shortlist when there
+        are at most this many (default 128).
+    exact_max : tenants with at most this many vectors are searched exactly, in full precision (default 128).
+    ef : default early-stop budget of a search: it stops once this many scanned candidates in a row left the
+        candidate list unchanged (default 512); the per-call ``ef`` overrides it. Larger explores more.
+    candidates : size of the candidate list, ranked by scan codes (default 32; at least ``ef / 16``).
+    rerank : how many of the candidates are rescored exactly from the vectors (default 16; at least ``ef / 32``).
+    code_dim : principal coordinates kept in the 4-bit scan code (default 256; cut to the dimension).
+    variance_boost : weight of a node's mean squared radius in its priority (v2 uses 0.4; default 0).
+    train_size : at most this many vectors are sampled to train the tree and codes (default 100_000).
+    seed : seed of the training sample and of k-means (default 0).
+
+    The index starts untrained (one leaf: every search is exact). ``train(sample)`` builds the tree and codes
+    and re-places the rows already added; ``build(...)`` trains and bulk-loads in one call.
+    """
+
+    def __init__(
+        self,
+        table,
+        metric: str,
+        *,
+        fanout: int = 16,
+        max_leaf_size: int = 64,
+        max_sl_size: int = 128,
+        exact_max: int = 128,
+        ef: int = 512,
+        candidates: int = 32,
+        rerank: int = 16,
+        code_dim: int = 256,
+        variance_boost: float = 0.0,
+        train_size: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        if metric not in metrics.KERNEL_METRIC:
+            raise ValueError(f"metric must be one of {', '.join(metrics.KERNEL_METRIC)}, got {metric!r}")
+        for name, value, low in (
+            ("fanout", fanout, 2),
+            ("max_leaf_size", max_leaf_size, 1),
+            ("max_sl_size", max_sl_size, 1),
+            ("exact_max", exact_max, 0),
+            ("ef", ef, 1),
+            ("candidates", candidates, 1),
+            ("rerank", rerank, 1),
+            ("code_dim", code_dim, 1),
+            ("train_size", train_size, 1),
+            ("seed", seed, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not np.isfinite(variance_boost) or variance_boost < 0:
+            raise ValueError(f"variance_boost must be a finite number >= 0, got {variance_boost!r}")
+        self.table = table
+        self.metric = metric
+        self.fanout = int(fanout)
+        self.max_leaf_size = int(max_leaf_size)
+        self.max_sl_size = int(max_sl_size)
+        self.exact_max = int(exact_max)
+        self.ef = int(ef)
+        self.candidates = int(candidates)
+        self.rerank = int(rerank)
+        self.code_dim = int(code_dim)
+        self.variance_boost = float(variance_boost)
+        self.train_size = int(train_size)
+        self.seed = int(seed)
+        self._kind = _k.L2 if metrics.KERNEL_METRIC[metric] == "l2" else _k.IP
+        self._lists: dict[int, _TenantList] = {}
+        # per table row: leaf rank (-1 when unplaced), how many tenants see it, its code slot (-1: none)
+        self._rank = np.full(0, -1, np.int32)
+        self._refs = np.zeros(0, np.int32)
+        self._slot = np.full(0, -1, np.int32)
+        self._n_placed = 0  # rows placed now
+        self._n_trained = 0  # rows placed right after the last training
+        self._set_tree(ClusterTree.single(table.dim), _Codec.none(table.dim))
+
+    # ------------------------------------------------------------------------------------------ tree
+    def _set_tree(self, tree: ClusterTree, codec: _Codec) -> None:
+        """Install a tree and its codec; node statistics and codes restart empty (rows are placed after)."""
+        self.tree = tree
+        self.codec = codec
+        n = tree.n_nodes
+        self._sqsum = np.zeros(n, np.float64)
+        self._pop = np.zeros(n, np.int64)
+        nd = min(codec.dim, NODE_DIM)
+        self._pcent = np.ascontiguousarray(tree.centroids @ codec.proj[:nd].T - codec.poff[:nd], np.float32)
+        self._pnorm = np.einsum("ij,ij->i", self._pcent, self._pcent).astype(np.float32)
+        self._bias = self._pnorm.copy()
+        self._topo = np.ascontiguousarray(np.stack([tree.child_start, tree.child_count, tree.leaf_lo]), np.int32)
+        # per code slot: the 4-bit code, its squared norm, the table row (-1: free). Slots are handed out in
+        # leaf order by bulk placement and ``compact()``, so a shortlist's codes lie close together in memory.
+        self._slot[:] = -1
+        self._codes = np.zeros((0, codec.dim // 2), np.uint8)
+        self._ynorm = np.zeros(0, np.float32)
+        self._slot_row = np.full(0, -1, np.int32)
+        self._free: list[int] = []
+        self._slot_high = 0
+
+    @property
+    def trained(self) -> bool:
+        return self.tree.trained
+
+    def needs_training(self, *, growth: float = 2.0) -> bool:
+        """Whether (re)training is due: untrained with at least ``MIN_TRAIN_ROWS`` vectors, or the collection
+        grew ``growth`` times since the tree was trained (the tree is frozen, so new data only fills leaves)."""
+        if not self.trained:
+            return self._n_placed >= MIN_TRAIN_ROWS
+        return self._n_placed > growth * max(self._n_trained, 1)
+
+    def train(self, sample: np.ndarray, *, population: int | None = None) -> None:
+        """Build the tree and codes from ``sample`` (float32 ``[n, d]``, prepared for the metric); re-place rows.
+
+        ``population`` is how many vectors the sample stands for (default: the larger of ``len(sample)`` and
+        the rows placed now). Tenant lists are re-keyed in bulk.
+        """
+        sample = np.ascontiguousarray(sample, np.float32)
+        if sample.ndim != 2 or sample.shape[1] != self.table.dim:
+            raise ValueError(f"sample must be float32 [n, {self.table.dim}], got shape {sample.shape}")
+        placed = np.flatnonzero(self._refs > 0)
+        old_rows = {t: self.rows(t) for t in self._lists}
+        pop = population or max(sample.shape[0], placed.shape[0])
+        tree = ClusterTree.train(
+            sample, fanout=self.fanout, max_leaf_size=self.max_leaf_size, population=pop, seed=self.seed
+        )
+        codec = _Codec.fit(sample, self.code_dim) if tree.trained else _Codec.none(self.table.dim)
+        self._set_tree(tree, codec)
+        self._n_placed = 0
+        if placed.shape[0]:
+            self._place(placed, bulk=True)
+            for t, rows in old_rows.items():
+                self._lists[t] = _TenantList(self._sorted_entries(rows))
+        self._n_trained = max(self._n_placed, pop)
+
+    def _ensure(self, high: int) -> None:
+        """Grow the per-row arrays to hold rows below ``high``."""
+        old = self._rank.shape[0]
+        if high > old:
+            cap = max(high, self.table.data.shape[0], int(old * 1.5))
+            self._rank = _grown(self._rank, cap, -1)
+            self._refs = _grown(self._refs, cap, 0)
+            self._slot = _grown(self._slot, cap, -1)
+
+    def _alloc_slots(self, n: int) -> np.ndarray:
+        """``n`` code slots: freed ones first, then fresh ones at the end (growing the per-slot arrays)."""
+        take = min(n, len(self._free))
+        reused = [self._free.pop() for _ in range(take)]
+        fresh = n - take
+        if self._slot_high + fresh > self._slot_row.shape[0]:
+            cap = max(self._slot_high + fresh, int(self._slot_row.shape[0] * 1.5) + 1024)
+            self._codes = _grown(self._codes, cap, 0)
+            self._ynorm = _grown(self._ynorm, cap, 0)
+            self._slot_row = _grown(self._slot_row, cap, -1)
+        out = np.empty(n, np.int64)
+        out[:take] = reused
+        out[take:] = np.arange(self._slot_high, self._slot_high + fresh)
+        self._slot_high += fresh
+        return out
+
+    def _place(self, rows: np.ndarray, *, bulk: bool = False) -> None:
+        """Route rows to leaves, give them code slots (in leaf order), encode them, update node statistics."""
+        t = self.tree
+        leaves = t.route(self.table.data, rows, parallel=bulk)
+        ranks = t.leaf_rank[leaves]
+        if rows.shape[0] > 1:
+            order = np.lexsort((rows, ranks))
+            rows, leaves, ranks = rows[order], leaves[order], ranks[order]
+        self._rank[rows] = ranks
+        self._n_placed += rows.shape[0]
+        slots = self._alloc_slots(rows.shape[0])
+        self._slot[rows] = slots
+        self._slot_row[slots] = rows
+        if t.trained:
+            self._path_stats(rows, leaves, 1)
+            c = self.codec
+            _k.encode(self.table.data, rows, slots, c.proj, c.poff, c.inv_scale, self._codes, self._ynorm)
+
+    def _unplace(self, rows: np.ndarray) -> None:
+        if self.tree.trained:
+            self._path_stats(rows, self.tree.leaf_node[self._rank[rows]], -1)
+        slots = self._slot[rows]
+        self._n_placed -= rows.shape[0]
+        self._slot_row[slots] = -1
+        self._free.extend(slots.tolist())
+        self._slot[rows] = -1
+        self._rank[rows] = -1
+
+    def compact(self) -> None:
+        """Hand out code slots anew in leaf order (rows inserted since the last build get scattered slots).
+
+        O(vectors + pairs log pairs); searches are faster afterwards. ``train`` and ``build`` do it anyway.
+        """
+        placed = np.flatnonzero(self._refs > 0)
+        old_rows = {t: self._slot_row[lst.entries() & _MASK] for t, lst in self._lists.items()}
+        order = placed[np.lexsort((placed, self._rank[placed]))]
+        old = self._slot[order]
+        codes = np.zeros_like(self._codes)
+        ynorm = np.zeros_like(self._ynorm)
+        codes[: order.shape[0]] = self._codes[old]
+        ynorm[: order.shape[0]] = self._ynorm[old]
+        self._codes, self._ynorm = codes, ynorm
+        self._slot_row[:] = -1
+        self._slot_row[: order.shape[0]] = order
+        self._slot[order] = np.arange(order.shape[0])
+        self._free = []
+        self._slot_high = int(order.shape[0])
+        for t, rows in old_rows.items():
+            self._lists[t] = _TenantList(self._sorted_entries(rows))
+
+    def _path_stats(self, rows: np.ndarray, leaves: np.ndarray, sign: int) -> None:
+        t = self.tree
+        _k.path_stats(self.table.data, rows, leaves, t.parent, t.centroids, self._sqsum, self._pop, sign,
+                      self._pnorm, self.variance_boost, self._bias)  # fmt: skip
+
+    def _entries(self, rows: np.ndarray) -> np.ndarray:
+        return (self._rank[rows].astype(np.int64) << _BITS) | self._slot[rows]
+
+    def _sorted_entries(self, rows: np.ndarray) -> np.ndarray:
+        e = self._entries(rows)
+        e.sort()
+        return e
+
+    # ------------------------------------------------------------------------------------------ updates
+    def add(self, tenant: int, rows: np.ndarray) -> None:
+        """Make ``rows`` (not yet visible to ``tenant``, no repeats) visible to it; new rows are routed."""
+        rows = np.asarray(rows, np.int64)
+        n = rows.shape[0]
+        if n == 0:
+            return
+        self._ensure(int(rows[0] if n == 1 else rows.max()) + 1)
+        fresh = np.empty(n, np.int64)
+        m = _k.acquire(self._refs, rows, fresh)
+        if m:
+            self._place(fresh[:m], bulk=m >= 4096)
+        entries = np.empty(n, np.int64)
+        _k.entries_of(self._rank, self._slot, rows, entries)
+        lst = self._lists.get(tenant)
+        if lst is None:
+            lst = self._lists[tenant] = _TenantList()
+        lst.add(entries)
+
+    def add_many(self, tenants_rows: Mapping[int, np.ndarray]) -> None:
+        """Bulk ``add`` for many tenants at once (the fast path of ``build``)."""
+        parts = [np.asarray(r, np.int64) for r in tenants_rows.values()]
+        parts = [p for p in parts if p.shape[0]]
+        if not parts:
+            return
+        allr = np.concatenate(parts)
+        self._ensure(int(allr.max()) + 1)
+        uniq, cnt = np.unique(allr, return_counts=True)
+        fresh = uniq[self._refs[uniq] == 0]
+        if fresh.shape[0]:
+            self._place(fresh, bulk=True)
+        self._refs[uniq] += cnt.astype(np.int32)
+        for t, rows in tenants_rows.items():
+            rows = np.asarray(rows, np.int64)
+            if rows.shape[0] == 0:
+                continue
+            lst = self._lists.get(t)
+            if lst is None:
+                self._lists[t] = _TenantList(self._sorted_entries(rows))
+            else:
+                lst.add(self._entries(rows))
+
+    def remove(self, tenant: int, rows: np.ndarray) -> None:
+        """Make ``rows`` invisible to ``tenant``; a row no tenant sees any more leaves the tree.
+
+        Rows the tenant does not see are ignored.
+        """
+        lst = self._lists.get(tenant)
+        rows = np.asarray(rows, np.int64)
+        n = rows.shape[0]
+        if lst is None or n == 0:
+            return
+        entries = np.empty(n, np.int64)
+        _k.entries_of(self._rank, self._slot, rows, entries)
+        found = lst.remove(entries)
+        freed = np.empty(n, np.int64)
+        m = _k.release(self._refs, rows, found, freed)
+        if m:
+            self._unplace(freed[:m])
+        if lst.count() == 0:
+            del self._lists[tenant]
+
+    # ------------------------------------------------------------------------------------------ reads
+    def count(self, tenant: int) -> int:
+        lst = self._lists.get(tenant)
+        return 0 if lst is None else lst.count()
+
+    def rows(self, tenant: int) -> np.ndarray:
+        """The rows ``tenant`` sees (ordered by leaf, then row)."""
+        lst = self._lists.get(tenant)
+        return _EMPTY if lst is None else self._slot_row[lst.entries() & _MASK].astype(np.int64)
+
+    def tenants(self) -> list[int]:
+        return list(self._lists)
+
+    def search(
+        self, queries: np.ndarray, k: int, tenant: int, ef: int | None = None, **_: object
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k surrogate scores and rows among the rows ``tenant`` sees, best first, padded (-inf, -1).
+
+        ``queries`` is float32 ``[m, d]``, C-ordered, prepared for the metric; ``k >= 1``. ``ef`` (default
+        ``self.ef``) is the early-stop budget: the search ends once ``ef`` scanned candidates in a row left
+        its candidate list unchanged, so a larger ``ef`` explores more of the tenant's subtree; the candidate
+        list holds ``max(candidates, ef / 16)`` and ``max(rerank, ef / 32)`` of them are rescored exactly.
+        Tenants with at most ``exact_max`` vectors are searched exactly. Batches of queries run in parallel.
+        """
+        m = queries.shape[0]
+        out_s = np.empty((m, k), np.float32)
+        out_r = np.empty((m, k), np.int64)
+        lst = self._lists.get(tenant)
+        if lst is None:
+            out_s.fill(-np.inf)
+            out_r.fill(-1)
+            return out_s, out_r
+        ef = self.ef if ef is None else int(ef)
+        # a large ef also widens the candidate list and the exact rescoring, so recall keeps rising with it
+        cands = max(self.candidates, ef >> 4)
+        rerank = max(self.rerank, ef >> 5)
+        kern = _k.search if m == 1 else _k.search_parallel
+        kern(queries, self.table.data, self._slot_row, self._codes, self._ynorm, self.codec.kernel_args, lst.main,
+             lst.tail, lst.nt, self._pcent, self._bias, self._topo, k, ef, cands, rerank, self.max_sl_size,
+             self.exact_max, self._kind, out_s, out_r)  # fmt: skip
+        return out_s, out_r
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes of this index's own structures (the vectors live in the table and are counted there)."""
+        tb = self.tree.nbytes()
+        node_stats = self._sqsum.nbytes + self._pop.nbytes + self._bias.nbytes + self._pnorm.nbytes
+        return {
+            "tree_bytes": tb["tree_bytes"] + int(node_stats + self._topo.nbytes),
+            "centroids_bytes": tb["centroids_bytes"] + int(self._pcent.nbytes),
+            "bloom_filters_bytes": 0,  # presence is exact, read from the sorted shortlists (module docstring)
+            "shortlists_bytes": int(sum(lst.nbytes() for lst in self._lists.values())),
+            "scan_codes_bytes": int(self._codes.nbytes + self._ynorm.nbytes) + self.codec.nbytes(),
+            "row_placement_bytes": int(self._rank.nbytes + self._refs.nbytes + self._slot.nbytes)
+            + int(self._slot_row.nbytes + 8 * len(self._free)),
+            # a _TenantList object and its dict entry per tenant (CPython sizes, measured roughly)
+            "tenant_overhead_bytes": 200 * len(self._lists),
+        }
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def params(self) -> dict[str, int | float]:
+        """The constructor parameters, as ``CuratorIndex(table, metric, **index.params())`` takes them."""
+        return {p: getattr(self, p) for p in _PARAMS}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The index as arrays: parameters, tree, codec, row placement, and each tenant's members.
+
+        Rows are stored as external ids (``table.ids``), so a reload whose table numbers its slots differently
+        still maps them; codes and node statistics are recomputed from the vectors at load.
+        """
+        placed = np.flatnonzero(self._refs > 0)
+        pos = np.full(self._refs.shape[0], -1, np.int64)
+        pos[placed] = np.arange(placed.shape[0])
+        tenants = np.array(sorted(self._lists), np.int64)
+        members = [pos[self.rows(int(t))] for t in tenants]
+        offsets = np.zeros(tenants.shape[0] + 1, np.int64)
+        offsets[1:] = np.cumsum([m.shape[0] for m in members])
+        out = {f"tree_{k}": v for k, v in self.tree.state().items()}
+        out.update({f"codec_{k}": v for k, v in self.codec.state().items()})
+        out.update(
+            version=np.array([STATE_VERSION], np.int64),
+            params=np.array([getattr(self, p) for p in _PARAMS], np.float64),
+            metric=np.frombuffer(self.metric.encode(), np.uint8).copy(),
+            placed_ids=self.table.ids[placed].astype(np.int64),
+            placed_rank=self._rank[placed].astype(np.int32),
+            tenant_ids=tenants,
+            tenant_offsets=offsets,
+            tenant_members=np.concatenate(members) if members else _EMPTY,
+        )
+        return out
+
+    @classmethod
+    def from_state(cls, table, metric: str, state: Mapping[str, np.ndarray], *, verify: bool = False) -> CuratorIndex:
+        """Rebuild an index saved by ``state()`` over ``table`` without retraining.
+
+        Raises ``ValueError`` when the state does not fit the table (an id the table lacks, another metric,
+        dimension or version, inconsistent arrays): the caller then rebuilds from the table. With ``verify``,
+        every (tenant, row) pair is also checked against the table's access lists (``verify()``).
+        """
+        try:
+            version = int(state["version"][0])
+            if version != STATE_VERSION:
+                raise ValueError(f"index state version {version}, this build reads {STATE_VERSION}")
+            saved_metric = bytes(np.asarray(state["metric"], np.uint8)).decode()
+            if saved_metric != metric:
+                raise ValueError(f"index state is for metric {saved_metric!r}, the collection uses {metric!r}")
+            raw = np.asarray(state["params"], np.float64)
+            if raw.shape != (len(_PARAMS),):
+                raise ValueError(f"index state has {raw.shape} parameters, expected {len(_PARAMS)}")
+            kw = {p: (float(v) if p == "variance_boost" else int(v)) for p, v in zip(_PARAMS, raw)}
+            tree = ClusterTree.from_state({k[5:]: v for k, v in state.items() if k.startswith("tree_")})
+            codec = _Codec(*(state[f"codec_{k}"] for k in ("proj", "poff", "scale")))
+            ids = np.asarray(state["placed_ids"], np.int64)
+            rank = np.asarray(state["placed_rank"], np.int32)
+            tenants = np.asarray(state["tenant_ids"], np.int64)
+            offsets = np.asarray(state["tenant_offsets"], np.int64)
+            members = np.asarray(state["tenant_members"], np.int64)
+        except KeyError as e:
+            raise ValueError(f"index state lacks {e}; rebuild the index from the table") from None
+        d = table.dim
+        if tree.centroids.shape[1] != d or codec.proj.shape[1] != d:
+            raise ValueError(f"index state is for another dimension than the table's {d}")
+        if ids.shape != rank.shape or offsets.shape != (tenants.shape[0] + 1,) or offsets[-1] != members.shape[0]:
+            raise ValueError("index state arrays disagree in length; rebuild the index from the table")
+        if rank.shape[0] and (rank.min() < 0 or rank.max() >= tree.n_leaves):
+            raise ValueError("index state places rows in leaves the tree does not have")
+        if members.shape[0] and (members.min() < 0 or members.max() >= ids.shape[0]):
+            raise ValueError("index state lists members it did not place")
+        slots = table.slots(ids)
+        if (slots < 0).any():
+            raise ValueError(f"{int((slots < 0).sum())} ids of the index state are not in the table (stale state)")
+        refs = np.bincount(members, minlength=ids.shape[0]).astype(np.int32)
+        if (refs == 0).any():
+            raise ValueError("index state places rows no tenant sees")
+        idx = cls(table, metric, **kw)
+        idx._ensure(int(slots.max()) + 1 if slots.shape[0] else 0)
+        idx._set_tree(tree, codec)
+        order = np.lexsort((slots, rank))
+        rows, rank = slots[order], rank[order]
+        idx._rank[rows] = rank
+        idx._refs[slots] = refs
+        code_slots = idx._alloc_slots(rows.shape[0])
+        idx._n_placed = idx._n_trained = int(rows.shape[0])
+        idx._slot[rows] = code_slots
+        idx._slot_row[code_slots] = rows
+        if tree.trained and rows.shape[0]:
+            idx._path_stats(rows, tree.leaf_node[rank], 1)
+            _k.encode(table.data, rows, code_slots, codec.proj, codec.poff, codec.inv_scale, idx._codes, idx._ynorm)
+        for i, t in enumerate(tenants.tolist()):
+            members_t = slots[members[offsets[i] : offsets[i + 1]]]
+            if members_t.shape[0]:
+                idx._lists[t] = _TenantList(idx._sorted_entries(members_t))
+        if verify:
+            idx.verify()
+        return idx
+
+    def verify(self) -> None:
+        """Check every (tenant, row) pair against the table's access lists; ``ValueError`` on a mismatch.
+
+        O(pairs) Python work: meant for tests and for an optional check at open, not for the hot path.
+        """
+        table = self.table
+        expect = {t: rows.shape[0] for t, rows in table.visible_rows().items()}
+        for t in self._lists:
+            rows = self.rows(t)
+            if rows.shape[0] != expect.get(t, 0):
+                raise ValueError(f"tenant {t}: index lists {rows.shape[0]} rows, the table {expect.get(t, 0)}")
+            for r in rows.tolist():
+                if not table.sees(r, t):
+                    raise ValueError(f"tenant {t}: index lists row {r}, which the table does not show it")
+        missing = set(expect) - set(self._lists)
+        if missing:
+            raise ValueError(f"tenants {sorted(missing)[:5]} see rows the index does not list")
+        placed = np.flatnonzero(self._refs > 0)
+        if (self._rank[placed] < 0).any() or (self._rank[self._refs == 0] >= 0).any():
+            raise ValueError("row placement disagrees with the tenant lists")
+        if (self._slot_row[self._slot[placed]] != placed).any():
+            raise ValueError("code slots disagree with the rows placed")
+
+    # ------------------------------------------------------------------------------------------ bulk build
+    @staticmethod
+    def tenants_rows(table) -> dict[int, np.ndarray]:
+        """Every tenant's visible rows according to ``table`` (owners and grants): the input of ``build``."""
+        return table.visible_rows()
+
+    @classmethod
+    def from_table(cls, table, metric: str, **params: object) -> CuratorIndex:
+        """A complete, trained index of everything in ``table`` (e.g. at open without a usable state, or to
+        retrain in the background and swap). The table must not change while this runs."""
+        return cls.build(table, metric, cls.tenants_rows(table), **params)
+
+    @classmethod
+    def build(cls, table, metric: str, tenants_rows: Mapping[int, np.ndarray], **params: object) -> CuratorIndex:
+        """Train on a sample of the rows in ``tenants_rows`` and bulk-load them: a complete index in one call.
+
+        ``tenants_rows`` maps tenant -> the rows it sees (e.g. ``FlatIndex.rows(t)`` for every tenant).
+        Keyword ``params`` are the constructor's. With no rows at all the index stays untrained.
+        """
+        idx = cls(table, metric, **params)
+        parts = [np.asarray(r, np.int64) for r in tenants_rows.values() if len(r)]
+        if parts:
+            union = np.unique(np.concatenate(parts))
+            rng = np.random.default_rng(idx.seed)
+            pick = union if union.shape[0] <= idx.train_size else rng.choice(union, idx.train_size, replace=False)
+            idx.train(table.data[np.sort(pick)], population=int(union.shape[0]))
+            idx.add_many(tenants_rows)
+        return idx

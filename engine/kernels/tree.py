@@ -1,0 +1,631 @@
+"""numba kernels of the Curator index: route rows down the clustering tree, keep node statistics, encode the
+4-bit scan codes, update a tenant's leaf-ordered list, and the tenant-scoped best-first search.
+
+Loops only; ``engine.index.curator`` validates and shapes the input. Every kernel releases the GIL.
+
+Encoding shared with ``engine.index.curator``: a tenant's list holds int64 *entries*
+``(leaf_rank << 32) | code_slot``, sorted, so that the entries below any tree node form one contiguous range
+(leaves are numbered depth first); ``slot_row`` maps a code slot to its table row. A deleted entry keeps its
+leaf rank and has the slot field ``DEAD`` (a tombstone) until the list is compacted.
+
+Node priority (lower is better) is the v2 variance-boosted squared L2 distance between the projected query
+``q'`` and the node's projected centroid ``c'``, minus ``||q'||^2``, which is the same for every node
+(curator.md §2.7):
+
+.. math:: p(q, c) = \\lVert c' \\rVert^2 - 2\\,q' \\cdot c' - \\beta\\,\\overline{\\lVert v - c \\rVert^2}
+
+The kernels receive ``bias = ||c'||^2 - beta * var`` precomputed per node.
+
+Performance notes: the per-candidate loops are written inline (row views hoisted, heap pushes inlined with
+``inline="always"``): a call per candidate that passes arrays costs reference counting and made scans 5-10x
+slower in measurements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_FLAGS = dict(nogil=True, fastmath=True, cache=True)
+_PAR = dict(nogil=True, fastmath=True, cache=True, parallel=True)
+IP, L2 = 0, 1
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
+DEAD = ROW_MASK  # row field of a tombstone
+
+
+#: scan-code entries prefetched ahead of the one being scored (measured: 45 -> 16 ns per cold entry)
+PREFETCH_AHEAD = 16
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Hint the CPU to load the cache line holding ``arr[row, col]`` (LLVM ``prefetch``, read, keep in cache)."""
+    sig = types.void(arr, row, col)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always", **_FLAGS)
+def _dotv(a, i, v):
+    """``a[i] . v`` without materialising the row view (a view passed to a call costs reference counting)."""
+    s = np.float32(0.0)
+    for t in range(v.shape[0]):
+        s += a[i, t] * v[t]
+    return s
+
+
+@njit(inline="always", **_FLAGS)
+def _sq2(a, i, b, j):
+    """``|a[i] - b[j]|^2``."""
+    s = np.float32(0.0)
+    for t in range(a.shape[1]):
+        d = a[i, t] - b[j, t]
+        s += d * d
+    return s
+
+
+@njit(inline="always", **_FLAGS)
+def _hpush(hs, hr, size, cap, s, r):
+    """Offer (s, r) to a top-``cap`` min-heap (worst at the root; ties: the larger row is worse).
+
+    The caller has checked that (s, r) beats the root when the heap is full. Returns the new size.
+    """
+    if size < cap:
+        i = size
+        while i > 0:
+            p = (i - 1) >> 1
+            if hs[p] < s or (hs[p] == s and hr[p] > r):
+                break
+            hs[i] = hs[p]
+            hr[i] = hr[p]
+            i = p
+        hs[i] = s
+        hr[i] = r
+        return size + 1
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hr[c + 1] > hr[c])):
+            c += 1
+        if hs[c] < s or (hs[c] == s and hr[c] > r):
+            hs[i] = hs[c]
+            hr[i] = hr[c]
+            i = c
+        else:
+            break
+    hs[i] = s
+    hr[i] = r
+    return size
+
+
+@njit(inline="always", **_FLAGS)
+def _beats(hs, hr, size, cap, s, r):
+    return size < cap or s > hs[0] or (s == hs[0] and r < hr[0])
+
+
+@njit(**_FLAGS)
+def _pop_worst(hs, hr, size):
+    """Remove the root (the worst item) of a top heap; return the new size."""
+    size -= 1
+    if size == 0:
+        return 0
+    s = hs[size]
+    r = hr[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hr[c + 1] > hr[c])):
+            c += 1
+        if hs[c] < s or (hs[c] == s and hr[c] > r):
+            hs[i] = hs[c]
+            hr[i] = hr[c]
+            i = c
+        else:
+            break
+    hs[i] = s
+    hr[i] = r
+    return size
+
+
+@njit(**_FLAGS)
+def _drain(hs, hr, size, out_s, out_r):
+    """Write a top heap's items best first into ``out_s``/``out_r`` (pre-padded)."""
+    while size > 0:
+        out_s[size - 1] = hs[0]
+        out_r[size - 1] = hr[0]
+        size = _pop_worst(hs, hr, size)
+
+
+@njit(**_FLAGS)
+def _lower_bound(a, lo, hi, x):
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+# ---------------------------------------------------------------------------------------------- updates
+@njit(**_FLAGS)
+def _route_one(data, r, cent, child_start, child_count):
+    """The GCT leaf (node id) reached by greedy nearest-centroid descent of ``data[r]`` from the root."""
+    node = 0
+    while child_count[node] > 0:
+        c0 = child_start[node]
+        best = c0
+        best_d = _sq2(cent, c0, data, r)
+        for c in range(c0 + 1, c0 + child_count[node]):
+            d = _sq2(cent, c, data, r)
+            if d < best_d:
+                best_d = d
+                best = c
+        node = best
+    return node
+
+
+@njit(**_FLAGS)
+def route_rows(data, rows, cent, child_start, child_count, out_leaf_node):
+    """``out_leaf_node[i]`` = the leaf node that ``data[rows[i]]`` routes to."""
+    for i in range(rows.shape[0]):
+        out_leaf_node[i] = _route_one(data, rows[i], cent, child_start, child_count)
+
+
+@njit(**_PAR)
+def route_rows_parallel(data, rows, cent, child_start, child_count, out_leaf_node):
+    """The same, rows split over threads (bulk loads)."""
+    for i in prange(rows.shape[0]):
+        out_leaf_node[i] = _route_one(data, rows[i], cent, child_start, child_count)
+
+
+@njit(**_FLAGS)
+def path_stats(data, rows, leaf_nodes, parent, cent, sqsum, count, sign, pnorm, boost, bias):
+    """Add (``sign`` = 1) or take away (-1) each row's squared distance to every centroid on its root path.
+
+    ``sqsum[n] / count[n]`` is the mean squared distance of the node's rows to its centroid (v2's
+    "variance"); ``count`` at a leaf is its population. ``bias[n] = pnorm[n] - boost * variance`` is refreshed
+    on the touched nodes.
+    """
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        n = leaf_nodes[i]
+        while n >= 0:
+            sqsum[n] += sign * np.float64(_sq2(cent, n, data, r))
+            count[n] += sign
+            var = sqsum[n] / count[n] if count[n] > 0 else 0.0
+            if var < 0.0:
+                var = 0.0
+            bias[n] = np.float32(pnorm[n] - boost * var)
+            n = parent[n]
+
+
+@njit(**_FLAGS)
+def encode(data, rows, slots, proj, poff, inv_scale, codes, ynorm):
+    """4-bit scan codes of ``data[rows]`` (see ``engine.index.curator._Codec``).
+
+    With ``y = P x - P mu`` (``p`` principal coordinates, ``h = p / 2``), ``u_j = clip(round(y_j / scale_j +
+    7.5), 0, 15)``; byte ``t`` of ``codes[r]`` holds ``u_t`` in its low and ``u_{h+t}`` in its high nibble.
+    ``ynorm[r] = |scale * (u - 7.5)|^2`` (the decoded code's squared norm, used by ``l2``). Row ``rows[i]`` is
+    written to code slot ``slots[i]``.
+    """
+    h = codes.shape[1]
+    for i in range(rows.shape[0]):
+        r = slots[i]
+        x = data[rows[i]]
+        yn = np.float32(0.0)
+        for t in range(h):
+            lo = _nibble(_dotv(proj, t, x) - poff[t], inv_scale[t])
+            hi = _nibble(_dotv(proj, h + t, x) - poff[h + t], inv_scale[h + t])
+            codes[r, t] = np.uint8(lo + 16 * hi)
+            a = (np.float32(lo) - np.float32(7.5)) / inv_scale[t]
+            b = (np.float32(hi) - np.float32(7.5)) / inv_scale[h + t]
+            yn += a * a + b * b
+        ynorm[r] = yn
+
+
+@njit(inline="always", **_FLAGS)
+def _nibble(y, inv_scale):
+    v = np.rint(y * inv_scale + np.float32(7.5))
+    if v < 0.0:
+        v = 0.0
+    elif v > 15.0:
+        v = 15.0
+    return np.int64(v)
+
+
+@njit(**_FLAGS)
+def entries_of(rank, slot, rows, out):
+    """``out[i]`` = the entry ``(rank << 32) | slot`` of ``rows[i]``, or -1 for a row the index has not placed."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r < 0 or r >= rank.shape[0] or rank[r] < 0:
+            out[i] = -1
+        else:
+            out[i] = (np.int64(rank[r]) << ROW_BITS) | np.int64(slot[r])
+
+
+@njit(**_FLAGS)
+def remove_entries(main, tail, nt, entries, found):
+    """Drop each of ``entries`` from a tenant list: swap-remove from the unsorted ``tail[:nt]``, else tombstone
+    in the sorted ``main``; ``found[i]`` says whether it was there. Returns (entries tombstoned, new ``nt``)."""
+    killed = 0
+    n = main.shape[0]
+    for i in range(entries.shape[0]):
+        e = entries[i]
+        if e < 0:
+            continue
+        for j in range(nt):
+            if tail[j] == e:
+                nt -= 1
+                tail[j] = tail[nt]
+                found[i] = True
+                break
+        if found[i]:
+            continue
+        leaf = e >> ROW_BITS
+        row = e & ROW_MASK
+        lo = _lower_bound(main, 0, n, leaf << ROW_BITS)
+        hi = _lower_bound(main, lo, n, (leaf + 1) << ROW_BITS)
+        for j in range(lo, hi):
+            if (main[j] & ROW_MASK) == row:
+                main[j] = (leaf << ROW_BITS) | DEAD
+                found[i] = True
+                killed += 1
+                break
+    return killed, nt
+
+
+@njit(**_FLAGS)
+def acquire(refs, rows, fresh):
+    """One more tenant sees each of ``rows``; rows nobody saw before go to ``fresh``. Returns how many."""
+    m = 0
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if refs[r] == 0:
+            fresh[m] = r
+            m += 1
+        refs[r] += 1
+    return m
+
+
+@njit(**_FLAGS)
+def release(refs, rows, found, freed):
+    """One tenant fewer sees each found row; rows nobody sees any more go to ``freed``. Returns how many."""
+    m = 0
+    for i in range(rows.shape[0]):
+        if found[i]:
+            r = rows[i]
+            refs[r] -= 1
+            if refs[r] == 0:
+                freed[m] = r
+                m += 1
+    return m
+
+
+# ---------------------------------------------------------------------------------------------- search
+@njit(**_FLAGS)
+def _fpush(fs, fn, flo, fhi, size, s, node, lo, hi):
+    """Push onto the frontier min-heap keyed by node priority ``s`` (arrays sized to the node count)."""
+    i = size
+    while i > 0:
+        p = (i - 1) >> 1
+        if fs[p] <= s:
+            break
+        fs[i] = fs[p]
+        fn[i] = fn[p]
+        flo[i] = flo[p]
+        fhi[i] = fhi[p]
+        i = p
+    fs[i] = s
+    fn[i] = node
+    flo[i] = lo
+    fhi[i] = hi
+    return size + 1
+
+
+@njit(**_FLAGS)
+def _fpop(fs, fn, flo, fhi, size):
+    """Remove the frontier's root (the caller read it first); return the new size."""
+    size -= 1
+    if size == 0:
+        return 0
+    s = fs[size]
+    node = fn[size]
+    lo = flo[size]
+    hi = fhi[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and fs[c + 1] < fs[c]:
+            c += 1
+        if fs[c] >= s:
+            break
+        fs[i] = fs[c]
+        fn[i] = fn[c]
+        flo[i] = flo[c]
+        fhi[i] = fhi[c]
+        i = c
+    fs[i] = s
+    fn[i] = node
+    flo[i] = lo
+    fhi[i] = hi
+    return size
+
+
+@njit(**_FLAGS)
+def _scan_full(q, data, slot_row, lst, lo, hi, kind, hs, hr, size, cap):
+    """Offer the live entries of ``lst[lo:hi]`` with exact scores (keyed by table row) to the top-``cap`` heap."""
+    d = q.shape[0]
+    for j in range(lo, min(hi, lo + 2)):
+        _prefetch_entry(data, slot_row, lst[j], d)
+    for j in range(lo, hi):
+        if j + 2 < hi:
+            _prefetch_entry(data, slot_row, lst[j + 2], d)
+        slot = lst[j] & ROW_MASK
+        if slot == DEAD:
+            continue
+        r = slot_row[slot]
+        s = np.float32(0.0)
+        if kind == IP:
+            for t in range(d):
+                s += q[t] * data[r, t]
+        else:
+            for t in range(d):
+                z = q[t] - data[r, t]
+                s -= z * z
+        if _beats(hs, hr, size, cap, s, r):
+            size = _hpush(hs, hr, size, cap, s, r)
+    return size
+
+
+@njit(inline="always", **_FLAGS)
+def _prefetch_entry(data, slot_row, entry, d):
+    slot = entry & ROW_MASK
+    if slot != DEAD:
+        _prefetch_row(data, slot_row[slot], d)
+
+
+@njit(inline="always", **_FLAGS)
+def _prefetch_row(arr, r, width):
+    """Prefetch the cache lines of ``arr[r, :width]`` (assumes 4-byte items, 16 per line); skips tombstones."""
+    if r != DEAD:
+        for off in range(0, width, 16):
+            _prefetch(arr, r, off)
+
+
+@njit(inline="always", **_FLAGS)
+def _prefetch_code(codes, r, h):
+    if r != DEAD:
+        for off in range(0, h, 64):
+            _prefetch(codes, r, off)
+
+
+@njit(**_FLAGS)
+def _scan_codes(qa, qb, codes, ynorm, lst, lo, hi, kind, hs, hr, size, cap):
+    """Offer the live entries of ``lst[lo:hi]`` scored from their 4-bit codes to the top-``cap`` heap.
+
+    With ``f`` the code byte, ``sum_t qa_t f + qb_t floor(f / 16)`` equals ``sum_j qs_j u_j`` for
+    ``qa = qs_lo``, ``qb = qs_hi - 16 qs_lo`` (float arithmetic only: it vectorises 16 lanes wide). For ``l2``
+    the row's ``ynorm`` is subtracted. Returns (size, live entries scanned since the last one that entered
+    the heap, whether any entered).
+    """
+    since = 0
+    entered = False
+    h = qa.shape[0]
+    for j in range(lo, min(hi, lo + PREFETCH_AHEAD)):
+        _prefetch_code(codes, lst[j] & ROW_MASK, h)
+    for j in range(lo, hi):
+        if j + PREFETCH_AHEAD < hi:
+            _prefetch_code(codes, lst[j + PREFETCH_AHEAD] & ROW_MASK, h)
+        r = lst[j] & ROW_MASK
+        if r == DEAD:
+            continue
+        since += 1
+        s = np.float32(0.0)
+        for t in range(h):
+            f = np.float32(codes[r, t])
+            s += qa[t] * f + qb[t] * np.floor(f * np.float32(0.0625))
+        if kind != IP:
+            s -= ynorm[r]
+        if _beats(hs, hr, size, cap, s, r):
+            size = _hpush(hs, hr, size, cap, s, r)
+            since = 0
+            entered = True
+    return size, since, entered
+
+
+@njit(**_FLAGS)
+def _rescore(q, data, slot_row, hr, size, kind, ks, kr, k):
+    """Exact scores of the ``size`` candidate slots in ``hr`` into the top-``k`` heap of table rows."""
+    d = q.shape[0]
+    for j in range(size):
+        _prefetch_row(data, slot_row[hr[j]], d)
+    m = 0
+    for j in range(size):
+        r = slot_row[hr[j]]
+        sc = np.float32(0.0)
+        if kind == IP:
+            for t in range(d):
+                sc += q[t] * data[r, t]
+        else:
+            for t in range(d):
+                z = q[t] - data[r, t]
+                sc -= z * z
+        if _beats(ks, kr, m, k, sc, r):
+            m = _hpush(ks, kr, m, k, sc, r)
+    return m
+
+
+@njit(**_FLAGS)
+def _write(ks, kr, m, out_s, out_r):
+    """Drain the top heap best first into ``out_s``/``out_r`` and pad the rest with (-inf, -1)."""
+    for j in range(m, out_s.shape[0]):
+        out_s[j] = -np.inf
+        out_r[j] = -1
+    _drain(ks, kr, m, out_s, out_r)
+
+
+@njit(**_FLAGS)
+def _search_one(
+    q, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    exact_max, kind, wf, wi, out_s, out_r,
+):  # fmt: skip
+    """Top-k of one query over one tenant (curator.md §2.6-2.7, with scan codes); returns entries scanned.
+
+    * At most ``exact_max`` entries, or an untrained tree: exact scan of everything (full precision).
+    * Otherwise best-first over the tenant's subtree: the frontier holds tree nodes whose subtree holds some
+      of the tenant's entries, by priority ``pbias[c] - 2 q' . pcent[c]``. A popped node with at most ``max_sl``
+      entries (a shortlist), or a GCT leaf, is scanned from the 4-bit codes into a candidate heap of capacity
+      ``max(cands, k)``; a larger node is expanded into its non-empty children (a binary search each).
+      The search stops, at a shortlist boundary, once the last ``ef`` scanned entries left the candidate heap
+      unchanged (v2's early stop, counted in candidates), or when the frontier is empty.
+    * The best ``rerank`` candidates are rescored exactly from ``data``; the top k are written out.
+
+    Entries hold code slots; ``slot_row`` maps them to table rows (heaps of exact scores hold rows).
+    ``cd = (P^T as int8 [d, p], its column scales [p], P mu [p], code scales [p])``; ``wf``/``wi`` are
+    float32/int64 workspaces (``_workspace``).
+    """
+    n = main.shape[0]
+    if n + nt <= exact_max or topo[1, 0] == 0:
+        ks = wf[:k]
+        kr = wi[:k]
+        m = _scan_full(q, data, slot_row, tail, 0, nt, kind, ks, kr, 0, k)
+        m = _scan_full(q, data, slot_row, main, 0, n, kind, ks, kr, m, k)
+        _write(ks, kr, m, out_s, out_r)
+        return n + nt
+    projt, pscale, poff, scale = cd
+    p = poff.shape[0]
+    h = p // 2
+    pn = pcent.shape[1]
+    cap = max(cands, k)
+    r2 = max(min(rerank, cap), k)
+    nn = topo.shape[1]
+    qn = wf[0:p]
+    qa = wf[p : p + h]
+    qb = wf[p + h : 2 * p]
+    o = 2 * p
+    hs = wf[o : o + cap]
+    ks = wf[o + cap : o + cap + k]
+    fs = wf[o + cap + k : o + cap + k + nn]
+    hr = wi[0:cap]
+    kr = wi[cap : cap + k]
+    fn = wi[cap + k : cap + k + nn]
+    flo = wi[cap + k + nn : cap + k + 2 * nn]
+    fhi = wi[cap + k + 2 * nn : cap + k + 3 * nn]
+    # q' = P q - P mu, as axpy over the rows of the int8 P^T (no horizontal sums; a quarter of the bytes)
+    for j in range(p):
+        qn[j] = 0.0
+    for t in range(q.shape[0]):
+        qt = q[t]
+        for j in range(p):
+            qn[j] += qt * np.float32(projt[t, j])
+    for j in range(p):
+        qn[j] = qn[j] * pscale[j] - poff[j]
+    for j in range(h):
+        # code scores: sum_j w_j scale_j u_j with w = P q (ip) or 2 q' (l2); the -7.5 offset is a constant
+        wl = (qn[j] + poff[j]) if kind == IP else np.float32(2.0) * qn[j]
+        wh = (qn[h + j] + poff[h + j]) if kind == IP else np.float32(2.0) * qn[h + j]
+        qa[j] = wl * scale[j]
+        qb[j] = wh * scale[h + j] - np.float32(16.0) * qa[j]
+    size, _, _ = _scan_codes(qa, qb, codes, ynorm, tail, 0, nt, kind, hs, hr, 0, cap)
+    scanned = nt
+    fsize = _fpush(fs, fn, flo, fhi, 0, np.float32(0.0), 0, 0, n)
+    misses = 0
+    qnode = qn[:pn]
+    while fsize > 0:
+        node = fn[0]
+        lo = flo[0]
+        hi = fhi[0]
+        fsize = _fpop(fs, fn, flo, fhi, fsize)
+        if hi - lo <= max_sl or topo[1, node] == 0:
+            size, since, entered = _scan_codes(qa, qb, codes, ynorm, main, lo, hi, kind, hs, hr, size, cap)
+            scanned += hi - lo
+            misses = since if entered else misses + since
+            if misses >= ef:
+                break
+            continue
+        c0 = topo[0, node]
+        c_end = c0 + topo[1, node]
+        start = lo
+        for c in range(c0, c_end):
+            if c + 1 < c_end:
+                stop = _lower_bound(main, start, hi, np.int64(topo[2, c + 1]) << ROW_BITS)
+            else:
+                stop = hi
+            if stop > start:
+                dot = _dotv(pcent, c, qnode)
+                fsize = _fpush(fs, fn, flo, fhi, fsize, pbias[c] - np.float32(2.0) * dot, c, start, stop)
+            start = stop
+    while size > r2:
+        size = _pop_worst(hs, hr, size)
+    m = _rescore(q, data, slot_row, hr, size, kind, ks, kr, k)
+    _write(ks, kr, m, out_s, out_r)
+    return scanned
+
+
+@njit(**_FLAGS)
+def _workspace(p, nn, k, cands):
+    """Float32 and int64 scratch arrays large enough for one ``_search_one`` call."""
+    cap = max(cands, k)
+    return np.empty(2 * p + cap + k + nn, np.float32), np.empty(cap + k + 3 * nn, np.int64)
+
+
+@njit(**_FLAGS)
+def search(
+    queries, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    exact_max, kind, out_s, out_r,
+):  # fmt: skip
+    """Serial batch: each query row searched in turn into ``out_s``/``out_r``. Returns entries scanned.
+
+    ``cd`` is the codec of ``engine.index.curator._Codec``; ``codes``/``ynorm`` its codes, by code slot.
+    """
+    if main.shape[0] + nt <= exact_max or topo[1, 0] == 0:
+        wf = np.empty(k, np.float32)
+        wi = np.empty(k, np.int64)
+    else:
+        wf, wi = _workspace(cd[2].shape[0], topo.shape[1], k, cands)
+    total = 0
+    for i in range(queries.shape[0]):
+        total += _search_one(
+            queries[i], data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
+            max_sl, exact_max, kind, wf, wi, out_s[i], out_r[i],
+        )  # fmt: skip
+    return total
+
+
+@njit(**_PAR)
+def search_parallel(
+    queries, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    exact_max, kind, out_s, out_r,
+):  # fmt: skip
+    """The same, one query per thread."""
+    for i in prange(queries.shape[0]):
+        wf, wi = _workspace(cd[2].shape[0], topo.shape[1], k, cands)
+        _search_one(
+            queries[i], data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
+            max_sl, exact_max, kind, wf, wi, out_s[i], out_r[i],
+        )  # fmt: skip
