@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+if not hasattr(np, "row_stack"):  # numba-cuda 0.2x still registers np.row_stack, which numpy 2.5 removed
+    np.row_stack = np.vstack
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
