@@ -35,6 +35,7 @@ from engine.index.curator import CuratorIndex
 from engine.index.flat import FlatIndex
 from engine.index.table import VectorTable
 from engine.kernels import metrics
+from engine.reservoir import QueryReservoir
 from engine.rwlock import RWLock
 from engine.storage import keys
 from engine.storage.store import Batch, Store
@@ -125,6 +126,7 @@ class Collection:
         self._writer = threading.Lock()
         self.dropped = False
         self.auto_index_rows = AUTO_INDEX_ROWS
+        self.reservoir = QueryReservoir(0, info.dim)
         self._builder: threading.Thread | None = None
         self._dirty_key = keys.index_state(col_no, _CLEAN)
 
@@ -354,6 +356,7 @@ class Collection:
             raise InvalidArgument(f"ef must be a positive integer, got {ef!r}")
         if prf is not None and not isinstance(prf, PRF):
             raise InvalidArgument(f"prf must be a PRF(depth=..., alpha=..., beta=...) value, got {prf!r}")
+        self.reservoir.offer(q)
         q = metrics.prepare(self.metric, q)
         tenant_no = self._db._tenants.find(tenant)
         m = q.shape[0]
@@ -370,6 +373,44 @@ class Collection:
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
             ids = np.where(rows >= 0, self.table.ids[np.maximum(rows, 0)], -1)
         return SearchResult(ids, metrics.finalize(self.metric, scores))
+
+    # ----------------------------------------------------------------------------------- settings
+    def configure(self, *, query_reservoir: int | None = None, auto_index_rows: int | None = None) -> dict[str, float]:
+        """Change per-collection settings; persisted with the collection. Returns the settings now in force.
+
+        ``query_reservoir``: keep a uniform sample of this many recently searched queries (0: off), from which
+        ``train_compression()`` can learn a query-aware projection. ``auto_index_rows``: the size at which the
+        collection indexes itself (``AUTO_INDEX_ROWS`` by default).
+        """
+        for name, value in (("query_reservoir", query_reservoir), ("auto_index_rows", auto_index_rows)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidArgument(f"{name} must be a non-negative integer, got {value!r}")
+        with self._writer:
+            self._check_open()
+            settings = self._settings()
+            if query_reservoir is not None:
+                settings["query_reservoir"] = query_reservoir
+            if auto_index_rows is not None:
+                settings["auto_index_rows"] = auto_index_rows
+            self._db._save_settings(self, settings)
+            self._apply_settings(settings)
+        return {k: float(v) for k, v in settings.items()}
+
+    def _settings(self) -> dict[str, int]:
+        return {"query_reservoir": self.reservoir.capacity, "auto_index_rows": self.auto_index_rows}
+
+    def _apply_settings(self, settings: dict[str, int]) -> None:
+        if settings.get("query_reservoir", 0) != self.reservoir.capacity:
+            self.reservoir = QueryReservoir(settings.get("query_reservoir", 0), self.dim)
+        self.auto_index_rows = settings.get("auto_index_rows", AUTO_INDEX_ROWS)
+
+    def train_compression(self, query_sample=None) -> dict[str, float]:
+        """Learn the collection's compression (LeanVec projection) from its vectors and ``query_sample``
+        (or the query reservoir)."""
+        self._check_open()
+        raise FailedPrecondition(
+            f"collection {self.name!r} has no compression to train; compressed collections are not served yet"
+        )
 
     # ----------------------------------------------------------------------------------- index lifecycle
     def build_index(self, *, background: bool = False) -> dict[str, float]:
@@ -607,6 +648,7 @@ class Database:
                 key[1:].decode(), meta["dim"], meta["metric"], _compression_from_json(meta.get("compression"))
             )
             col = Collection(self, meta["id"], info)
+            col._apply_settings(meta.get("settings", {}))
             col._load()
             self._collections[info.name] = col
 
@@ -618,6 +660,11 @@ class Database:
         info = CollectionInfo(name, validate.dim(dim), validate.metric(metric), compression)
         if compression is not None and not isinstance(compression, (LVQ, LeanVec)):
             raise InvalidArgument(f"compression must be LVQ(...), LeanVec(...) or None, got {compression!r}")
+        if compression is not None:
+            raise FailedPrecondition(
+                "compressed collections (LVQ, LeanVec) are not served by the index yet; create it without "
+                "compression (engine.quant has the encoders; the collection integration is pending)"
+            )
         with self._lock:
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} exists; get_collection({name!r}) opens it")
@@ -630,6 +677,14 @@ class Database:
             self._store.write(batch)
             col = self._collections[name] = Collection(self, col_no, info)
             return col
+
+    def _save_settings(self, col: Collection, settings: dict[str, int]) -> None:
+        raw = self._store.get(keys.collection(col.name))
+        meta = json.loads(raw)
+        meta["settings"] = settings
+        batch = Batch()
+        batch.put(keys.collection(col.name), json.dumps(meta).encode())
+        self._store.write(batch)
 
     def _next(self, counter: str) -> int:
         raw = self._store.get(keys.counter(counter))

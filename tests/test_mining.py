@@ -302,7 +302,7 @@ def test_gemm_topk_matches_reference(rng, metric):
         np.testing.assert_allclose(s, s_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["gemm", "scan"])
+@pytest.mark.parametrize("method", ["best", "gemm", "scan"])
 def test_scoped_vectors_matches_brute_force(world, method):
     vis = world.visible[1]
     ids = np.arange(world.base.shape[0], dtype=np.int64) * 10 + 3

@@ -7,8 +7,13 @@ instantiate a backend that lacks one), so the two modes cannot drift apart.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from engine.types import CollectionInfo, Compression, SearchResult
+from engine.types import PRF, CollectionInfo, Compression, SearchResult
+
+if TYPE_CHECKING:
+    from engine.training import DynamicBatch, MinedNegatives
 
 
 class Backend(ABC):
@@ -42,13 +47,55 @@ class Backend(ABC):
     def delete(self, collection: str, ids, tenant: str) -> int: ...
 
     @abstractmethod
-    def search(self, collection: str, queries, k: int, tenant: str, ef: int | None) -> SearchResult: ...
+    def search(
+        self, collection: str, queries, k: int, tenant: str, ef: int | None, prf: PRF | None
+    ) -> SearchResult: ...
 
     @abstractmethod
     def count(self, collection: str, tenant: str) -> int: ...
 
     @abstractmethod
     def stats(self, collection: str) -> dict: ...
+
+    @abstractmethod
+    def build_index(self, collection: str, background: bool) -> dict: ...
+
+    @abstractmethod
+    def train_compression(self, collection: str, query_sample) -> dict: ...
+
+    @abstractmethod
+    def configure(self, collection: str, settings: dict) -> dict:
+        """``settings``: each of ``Collection.configure``'s keywords, None where left as it is."""
+
+    @abstractmethod
+    def mine_hard_negatives_stream(
+        self, collection: str, queries, positives, tenant: str, options: dict
+    ) -> Iterator[tuple[int, int, MinedNegatives]]:
+        """A generator: nothing runs (and nothing is checked) before the first ``next``."""
+
+    @abstractmethod
+    def dynamic_negatives(self, collection: str, positives, tenant: str, k: int) -> NegativesSession: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class NegativesSession(ABC):
+    """A backend's dynamic-negatives session (ADORE); ``grove_client.DynamicNegativesSession`` wraps it."""
+
+    k: int
+
+    @abstractmethod
+    def negatives(self, query_ids, embeddings) -> DynamicBatch: ...
+
+    @property
+    @abstractmethod
+    def stats(self) -> dict:
+        """Running counts: ``batches``, ``queries``, ``hits``, ``reciprocal_rank_sum``."""
+
+    @property
+    @abstractmethod
+    def mrr(self) -> float: ...
 
     @abstractmethod
     def close(self) -> None: ...

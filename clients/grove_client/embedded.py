@@ -6,11 +6,13 @@ Imported only when ``Client(path=...)`` is used, so a remote-only client never l
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine.db import Database
-from engine.types import CollectionInfo, Compression, SearchResult
-from grove_client.backend import Backend, Closed
+from engine.training import DynamicBatch, DynamicNegatives, MinedNegatives
+from engine.types import PRF, CollectionInfo, Compression, SearchResult
+from grove_client.backend import Backend, Closed, NegativesSession
 
 MEMORY = ":memory:"
 
@@ -52,14 +54,32 @@ class EmbeddedBackend(Backend):
     def delete(self, collection: str, ids, tenant: str) -> int:
         return self._db.get_collection(collection).delete(ids, tenant=tenant)
 
-    def search(self, collection: str, queries, k: int, tenant: str, ef: int | None) -> SearchResult:
-        return self._db.get_collection(collection).search(queries, k=k, tenant=tenant, ef=ef)
+    def search(self, collection: str, queries, k: int, tenant: str, ef: int | None, prf: PRF | None) -> SearchResult:
+        return self._db.get_collection(collection).search(queries, k=k, tenant=tenant, ef=ef, prf=prf)
 
     def count(self, collection: str, tenant: str) -> int:
         return self._db.get_collection(collection).count(tenant=tenant)
 
     def stats(self, collection: str) -> dict:
         return self._db.get_collection(collection).stats()
+
+    def build_index(self, collection: str, background: bool) -> dict:
+        return self._db.get_collection(collection).build_index(background=background)
+
+    def train_compression(self, collection: str, query_sample) -> dict:
+        return self._db.get_collection(collection).train_compression(query_sample)
+
+    def configure(self, collection: str, settings: dict) -> dict:
+        return self._db.get_collection(collection).configure(**settings)
+
+    def mine_hard_negatives_stream(
+        self, collection: str, queries, positives, tenant: str, options: dict
+    ) -> Iterator[tuple[int, int, MinedNegatives]]:
+        col = self._db.get_collection(collection)
+        yield from col.mine_hard_negatives_stream(queries, positives, tenant=tenant, **options)
+
+    def dynamic_negatives(self, collection: str, positives, tenant: str, k: int) -> NegativesSession:
+        return _EmbeddedSession(self._db.get_collection(collection).dynamic_negatives(positives, tenant=tenant, k=k))
 
     def close(self) -> None:
         db, self._db = self._db, Closed()
@@ -68,3 +88,25 @@ class EmbeddedBackend(Backend):
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+class _EmbeddedSession(NegativesSession):
+    """The engine's own ``DynamicNegatives``, in this process."""
+
+    def __init__(self, session: DynamicNegatives) -> None:
+        self._session = session
+        self.k = session.k
+
+    def negatives(self, query_ids, embeddings) -> DynamicBatch:
+        return self._session.negatives(query_ids, embeddings)
+
+    @property
+    def stats(self) -> dict:
+        return dict(self._session.stats)
+
+    @property
+    def mrr(self) -> float:
+        return self._session.mrr
+
+    def close(self) -> None:
+        self._session = Closed()

@@ -8,6 +8,9 @@ tuple are made once, matrices cross as raw bytes.
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +18,13 @@ import grpc
 import numpy as np
 
 from engine import validate
-from engine.errors import GroveError, InvalidArgument
+from engine.errors import DeadlineExceeded, FailedPrecondition, GroveError, InvalidArgument, Unavailable
 from engine.rpc import convert, status
 from engine.rpc.pb import grove_pb2 as pb
 from engine.rpc.pb import grove_pb2_grpc
-from engine.types import CollectionInfo, Compression, SearchResult
-from grove_client.backend import Backend, Closed
+from engine.training import DynamicBatch, MinedNegatives
+from engine.types import PRF, CollectionInfo, Compression, SearchResult
+from grove_client.backend import Backend, Closed, NegativesSession
 
 API_KEY_ENV = "GROVE_API_KEY"
 #: upserts up to this size go as one unary call, larger ones as an UpsertStream of chunks of this size
@@ -104,11 +108,11 @@ class RemoteBackend(Backend):
         return self._call(self._stub.CreateTenantKey, request).api_key
 
     @staticmethod
-    def _request(cls, name: str):
+    def _request(cls, name: str, field: str = "name"):
         try:
             if type(name) is not str:  # protobuf would take None for "unset"
                 raise TypeError(name)
-            return cls(name=name)
+            return cls(**{field: name})
         except (TypeError, ValueError) as exc:
             raise _refuse(exc, (name, "collection")) from None
 
@@ -158,11 +162,12 @@ class RemoteBackend(Backend):
         return self._call(self._stub.Delete, request).count
 
     # ------------------------------------------------------------------------------------- reads
-    def search(self, collection: str, queries, k: int, tenant: str, ef: int | None) -> SearchResult:
+    def search(self, collection: str, queries, k: int, tenant: str, ef: int | None, prf: PRF | None) -> SearchResult:
         arr = convert.as_matrix(queries, "queries")
         request = self._scoped(pb.SearchRequest, collection, tenant, k=convert.u32(k, validate.k))
         if ef is not None:
             request.ef = convert.ef_to_pb(ef)
+        convert.prf_to_pb(prf, request)
         convert.matrix_to_pb(arr, request.queries)
         return convert.search_result_from_pb(self._call(self._stub.Search, request))
 
@@ -178,6 +183,156 @@ class RemoteBackend(Backend):
             raise _refuse(exc, (collection, "collection")) from None
         return convert.stats_from_pb(self._call(self._stub.Stats, request))
 
+    # ------------------------------------------------------------------------------------- index and compression
+    def build_index(self, collection: str, background: bool) -> dict:
+        request = self._request(pb.BuildIndexRequest, collection, field="collection")
+        request.background = bool(background)
+        return convert.summary_from_pb(self._call(self._stub.BuildIndex, request))
+
+    def train_compression(self, collection: str, query_sample) -> dict:
+        request = self._request(pb.TrainCompressionRequest, collection, field="collection")
+        if query_sample is not None:
+            convert.matrix_to_pb(convert.as_matrix(query_sample, "query_sample"), request.query_sample)
+        return convert.summary_from_pb(self._call(self._stub.TrainCompression, request))
+
+    def configure(self, collection: str, settings: dict) -> dict:
+        request = self._request(pb.ConfigureRequest, collection, field="collection")
+        convert.settings_to_pb(settings, request)
+        return convert.summary_from_pb(self._call(self._stub.Configure, request))
+
+    # ------------------------------------------------------------------------------------- training hooks
+    def mine_hard_negatives_stream(
+        self, collection: str, queries, positives, tenant: str, options: dict
+    ) -> Iterator[tuple[int, int, MinedNegatives]]:
+        request = self._scoped(pb.MineHardNegativesRequest, collection, tenant)
+        convert.mining_to_pb(convert.as_matrix(queries, "queries"), positives, options, request)
+        try:
+            call = self._stub.MineHardNegatives(request, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise status.from_rpc_error(err) from None
+        try:
+            while True:
+                reply = _next_reply(call, self._timeout)
+                if reply is None:
+                    return
+                yield convert.mined_from_pb(reply)
+        finally:
+            call.cancel()  # a no-op once the stream has ended; stops the server's work when the caller stops early
+
+    def dynamic_negatives(self, collection: str, positives, tenant: str, k: int) -> NegativesSession:
+        first = self._scoped(pb.DynamicNegativesRequest, collection, tenant)
+        convert.dynamic_open_to_pb(positives, k, first)
+        return _RemoteSession(self._stub.DynamicNegatives, first, self._metadata, self._timeout)
+
     def close(self) -> None:
         channel, self._stub = self._channel, Closed()
         channel.close()
+
+
+def _next_reply(call, timeout: float | None):
+    """The next message of a streamed reply (None at its end), waiting at most ``timeout`` seconds for it.
+
+    A stream's deadline would bound the whole job or session; here ``timeout`` bounds each message instead:
+    past it the call is cancelled and ``DeadlineExceeded`` raised.
+    """
+    timer, fired = None, threading.Event()
+    if timeout is not None:
+
+        def expire() -> None:
+            fired.set()
+            call.cancel()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        return next(call)
+    except StopIteration:
+        return None
+    except grpc.RpcError as err:
+        if fired.is_set():
+            raise DeadlineExceeded(f"no reply from the server within {timeout} s; the stream was cancelled") from None
+        raise status.from_rpc_error(err) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+_END = object()  # ends the request stream of a session
+
+
+def _end_session(requests: queue.SimpleQueue, call) -> None:
+    requests.put(_END)
+    call.cancel()
+
+
+class _RemoteSession(NegativesSession):
+    """One open ``DynamicNegatives`` stream: a queue feeds the requests, replies are read in lockstep.
+
+    gRPC consumes the request iterator on its own thread; ``negatives`` puts one batch on the queue and waits
+    for its one reply, under a lock so that threads sharing a session cannot interleave.
+    """
+
+    def __init__(self, method, first: pb.DynamicNegativesRequest, metadata, timeout: float | None) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests.put(first)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._failed: GroveError | None = None
+        try:
+            self._call = method(iter(self._requests.get, _END), metadata=metadata)
+        except grpc.RpcError as err:
+            raise status.from_rpc_error(err) from None
+        self._finalizer = weakref.finalize(self, _end_session, self._requests, self._call)
+        try:
+            self._read()
+        except GroveError:
+            self._finalizer()
+            raise
+
+    def _read(self) -> pb.DynamicNegativesResponse:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            reply = _next_reply(self._call, self._timeout)
+            if reply is None:
+                raise Unavailable("the server ended the dynamic-negatives stream; open a new session")
+        except GroveError as exc:
+            self._failed = exc
+            raise
+        self._reply = reply
+        self.k = reply.k
+        if reply.HasField("error"):
+            code = grpc.StatusCode[reply.error.code] if reply.error.code in grpc.StatusCode.__members__ else None
+            raise status.from_status(code, reply.error.message)
+        return reply
+
+    def negatives(self, query_ids, embeddings) -> DynamicBatch:
+        request = convert.dynamic_batch_request_to_pb(query_ids, embeddings)
+        with self._lock:
+            if not self._finalizer.alive:
+                raise FailedPrecondition("this dynamic-negatives session is closed; open a new one")
+            self._requests.put(request)
+            return convert.dynamic_batch_from_pb(self._read())
+
+    @property
+    def stats(self) -> dict:
+        return convert.summary_from_pb(self._reply.stats)
+
+    @property
+    def mrr(self) -> float:
+        return self._reply.mrr
+
+    def close(self) -> None:
+        """Half-close the stream and wait for the server to end it (errors at this point are ignored)."""
+        with self._lock:
+            if not self._finalizer.alive:
+                return
+            self._requests.put(_END)
+            if self._failed is None:
+                try:
+                    for _ in self._call:  # the server ends the stream once it has read the half-close
+                        pass
+                except grpc.RpcError:
+                    pass
+            self._finalizer()

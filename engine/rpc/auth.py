@@ -11,7 +11,9 @@ from engine.errors import PermissionDenied, Unauthenticated
 from engine.rpc.guard import behaviour_of, rebuild
 
 ADMIN = None  # the admin principal, as in engine.db
-ADMIN_ONLY = frozenset({"CreateCollection", "DropCollection", "CreateTenantKey", "Stats"})
+ADMIN_ONLY = frozenset(
+    {"CreateCollection", "DropCollection", "CreateTenantKey", "Stats", "BuildIndex", "TrainCompression", "Configure"}
+)
 _PRINCIPAL: ContextVar[str | None] = ContextVar("grove_principal")
 
 

@@ -12,15 +12,22 @@ so the embedded and the remote client fail alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 import numpy as np
 
 from engine import validate
-from engine.errors import InvalidArgument
+from engine.errors import GroveError, InvalidArgument
 from engine.rpc.pb import grove_pb2 as pb
-from engine.types import LVQ, CollectionInfo, Compression, LeanVec, SearchResult
+from engine.training import _select
+from engine.training.dynamic import DynamicBatch
+from engine.training.negatives import SAMPLING, MinedNegatives
+from engine.types import LVQ, PRF, CollectionInfo, Compression, LeanVec, SearchResult
 
 _U32_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
 _F32 = np.dtype("<f4")
+_I32 = np.dtype("<i4")
 _I64 = np.dtype("<i8")
 
 _METRIC_TO_PB = {"l2": pb.METRIC_L2, "ip": pb.METRIC_IP, "cosine": pb.METRIC_COSINE}
@@ -214,3 +221,322 @@ def stats_from_pb(msg: pb.StatsResponse) -> dict:
     out: dict = dict(msg.ints)
     out.update(msg.floats)
     return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------------------------- summaries
+def summary_to_pb(numbers: Mapping[str, object], out: pb.Summary | None = None) -> pb.Summary:
+    """Named numbers -> ``Summary``: ints (and bools) to ``ints``, everything else to ``floats``."""
+    msg = pb.Summary() if out is None else out
+    for key, value in numbers.items():
+        if isinstance(value, (bool, int, np.integer)):
+            msg.ints[key] = int(value)
+        else:
+            msg.floats[key] = float(value)
+    return msg
+
+
+def summary_from_pb(msg: pb.Summary) -> dict:
+    """The named numbers, keys sorted (protobuf maps keep no order); ints stay ints."""
+    out: dict = dict(msg.ints)
+    out.update(msg.floats)
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------------------------- search options
+def prf_to_pb(prf: object, request: pb.SearchRequest) -> None:
+    """Set ``request.prf`` from a ``PRF`` (left unset for None); anything else is refused as the engine does."""
+    if prf is None:
+        return
+    if not isinstance(prf, PRF):
+        raise InvalidArgument(f"prf must be a PRF(depth=..., alpha=..., beta=...) value, got {prf!r}")
+    request.prf.depth = prf.depth
+    request.prf.alpha = float(prf.alpha)
+    request.prf.beta = float(prf.beta)
+
+
+def prf_from_pb(request: pb.SearchRequest) -> PRF | None:
+    """The request's ``PRF`` (which validates depth, alpha and beta), or None when unset."""
+    if not request.HasField("prf"):
+        return None
+    return PRF(depth=request.prf.depth, alpha=request.prf.alpha, beta=request.prf.beta)
+
+
+def optional_matrix_from_pb(request: object, field: str) -> np.ndarray | None:
+    """``matrix_from_pb`` of a message field, or None when the field is unset."""
+    return matrix_from_pb(getattr(request, field)) if request.HasField(field) else None  # type: ignore[attr-defined]
+
+
+def uint_to_wire(value: object, check: Callable[[object], object], *, bits: int = 32) -> int:
+    """``value`` as an unsigned int of ``bits`` for the wire; else the engine's ``check`` raises its message."""
+    top = _U32_MAX if bits == 32 else _U64_MAX
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= top:
+        return int(value)
+    check(value)
+    raise InvalidArgument(f"{value!r} does not fit in an unsigned {bits}-bit integer")
+
+
+# --------------------------------------------------------------------------------------------- settings
+#: collection settings: name -> bits of its unsigned wire field
+SETTINGS = {"query_reservoir": 32, "auto_index_rows": 64}
+
+
+def settings_to_pb(settings: Mapping[str, object], out: pb.ConfigureRequest) -> None:
+    """Set the given collection settings (None: leave as it is) on a ``ConfigureRequest``."""
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"{name} must be a non-negative integer, got {value!r}")
+        if value >= 1 << SETTINGS[name]:
+            raise InvalidArgument(f"{name} must be below 2**{SETTINGS[name]}, got {value}")
+        setattr(out, name, value)
+
+
+def settings_from_pb(request: pb.ConfigureRequest) -> dict:
+    """The engine keyword arguments of a ``ConfigureRequest``: each setting, None where unset."""
+    return {name: getattr(request, name) if request.HasField(name) else None for name in SETTINGS}
+
+
+# --------------------------------------------------------------------------------------------- id lists
+def id_lists_to_pb(value: object, out: pb.IdLists, what: str = "positives") -> int:
+    """Fill ``out`` with one id list per row of ``value``; returns the number of rows.
+
+    ``value``: one id per row (1-D), an int ``[m, p]`` array (-1 padding travels as it is), or a sequence of
+    ids or id lists. Ids are checked as the engine checks them (whole floats pass); emptiness, padding and
+    the row count are the server's to judge.
+    """
+    if isinstance(value, np.ndarray) and value.ndim in (1, 2) and value.dtype != object:
+        mat = _select.as_ids(value, what)
+        rows, width = mat.shape[0], (mat.shape[1] if mat.ndim == 2 else 1)
+        out.ids.extend(mat.reshape(-1).tolist())
+        out.offsets.extend(range(0, rows * width + 1, width) if width else [0] * (rows + 1))
+        return rows
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        _select.positives_matrix(value)  # raises the engine's message
+        raise InvalidArgument(f"{what} must be one id per row or a list of id lists, got {type(value).__name__}")
+    lists = [np.atleast_1d(_select.as_ids(entry, what)) for entry in value]
+    if any(a.ndim != 1 for a in lists):
+        _select.positives_matrix(lists)  # raises the engine's message
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    np.cumsum([a.size for a in lists], out=offsets[1:])
+    if lists:
+        out.ids.extend(np.concatenate(lists).tolist())
+    out.offsets.extend(offsets.tolist())
+    return len(lists)
+
+
+def id_lists_from_pb(msg: pb.IdLists, what: str = "positives") -> list[np.ndarray] | np.ndarray:
+    """The id lists: an int64 ``[rows, n]`` array when every list holds n >= 1 ids (what the engine makes of
+    them anyway, without a per-row loop), else a list of int64 arrays; ``InvalidArgument`` when the offsets
+    do not frame the ids."""
+    ids = np.array(msg.ids, np.int64)
+    offsets = np.array(msg.offsets, np.uint64)
+    if offsets.size == 0 and ids.size == 0:
+        return []
+    if offsets.size == 0 or offsets[0] != 0 or offsets[-1] != ids.size or np.any(np.diff(offsets.astype(np.int64)) < 0):
+        raise InvalidArgument(
+            f"{what}.offsets must start at 0, never decrease and end at len({what}.ids) = {ids.size}; "
+            f"got {offsets.size} offsets (first {offsets[:3].tolist()}, last {offsets[-1:].tolist()})"
+        )
+    sizes = np.diff(offsets.astype(np.int64))
+    if sizes.size and sizes[0] > 0 and np.all(sizes == sizes[0]):
+        return ids.reshape(sizes.size, int(sizes[0]))
+    return np.split(ids, offsets[1:-1].astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------- mining
+#: mining options: name -> (kind, nullable); an unset non-nullable option takes the engine's default
+MINING_OPTIONS: dict[str, tuple[str, bool]] = {
+    "num_negatives": ("u32", False),
+    "range_min": ("u32", False),
+    "range_max": ("u32", True),
+    "absolute_margin": ("float", True),
+    "relative_margin": ("float", True),
+    "max_score": ("float", True),
+    "min_score": ("float", True),
+    "sampling": ("str", False),
+    "random_negatives": ("u32", False),
+    "seed": ("u64", False),
+    "exact": ("bool", False),
+    "ef": ("ef", True),
+    "chunk_size": ("chunk", False),
+}
+
+
+def _chunk_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _U32_MAX:
+        raise InvalidArgument(f"chunk_size must be a positive integer, got {value!r}")
+    return value
+
+
+def _mining_value(name: str, kind: str, value: object) -> object:
+    if kind == "u32":
+        return uint_to_wire(value, lambda v: _select.int_option(v, name, low=int(name == "range_max")))
+    if kind == "u64":
+        return uint_to_wire(value, lambda v: _select.int_option(v, name), bits=64)
+    if kind == "float":
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            return float(value)
+        _select.float_option(value, name)  # raises the engine's message
+        raise InvalidArgument(f"{name} must be a number or None, got {value!r}")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise InvalidArgument(f"sampling must be one of {', '.join(SAMPLING)}; got {value!r}")
+    if kind == "bool":
+        return bool(value)
+    if kind == "ef":  # carried as given (the engine judges it), clamped like the search's ef
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0:
+            return min(int(value), _U32_MAX)
+        return ef_to_pb(value)  # raises the search's message
+    return _chunk_size(value)
+
+
+def mining_to_pb(
+    queries: np.ndarray, positives: object, options: Mapping[str, object], out: pb.MineHardNegativesRequest
+) -> None:
+    """Fill a ``MineHardNegativesRequest`` (naming collection and tenant already) with the job.
+
+    ``queries`` comes from ``as_matrix``; ``options`` holds any of ``MINING_OPTIONS`` (None: unset, where nullable).
+    """
+    unknown = sorted(set(options) - set(MINING_OPTIONS))
+    if unknown:
+        raise InvalidArgument(f"unknown mining options {unknown}; the options are {', '.join(MINING_OPTIONS)}")
+    matrix_to_pb(queries, out.queries)
+    id_lists_to_pb(positives, out.positives)
+    for name, value in options.items():
+        kind, nullable = MINING_OPTIONS[name]
+        if value is None and nullable:
+            continue
+        setattr(out, name, _mining_value(name, kind, value))
+
+
+def mining_options_from_pb(request: pb.MineHardNegativesRequest) -> dict:
+    """The engine keyword arguments of a request: set options, and None for unset nullable ones."""
+    out: dict = {}
+    for name, (_kind, nullable) in MINING_OPTIONS.items():
+        if request.HasField(name):
+            out[name] = getattr(request, name)
+        elif nullable:
+            out[name] = None
+    return out
+
+
+def mined_to_pb(first_row: int, total_rows: int, part: MinedNegatives) -> pb.MineHardNegativesResponse:
+    rows, width = part.ids.shape
+    msg = pb.MineHardNegativesResponse(
+        first_row=first_row,
+        total_rows=total_rows,
+        rows=rows,
+        width=width,
+        ids=part.ids.astype(_I64, copy=False).tobytes(),
+        scores=part.scores.astype(_F32, copy=False).tobytes(),
+        positive_scores=part.positive_scores.astype(_F32, copy=False).tobytes(),
+    )
+    summary_to_pb(part.stats, msg.stats)
+    if part.recall is not None:
+        msg.recall = part.recall
+    return msg
+
+
+def mined_from_pb(msg: pb.MineHardNegativesResponse) -> tuple[int, int, MinedNegatives]:
+    """``(first_row, total_rows, MinedNegatives)`` of one chunk, with writable native arrays."""
+    shape = (msg.rows, msg.width)
+    part = MinedNegatives(
+        np.frombuffer(msg.ids, _I64).astype(np.int64).reshape(shape),
+        np.frombuffer(msg.scores, _F32).astype(np.float32).reshape(shape),
+        np.frombuffer(msg.positive_scores, _F32).astype(np.float32),
+        summary_from_pb(msg.stats),
+        msg.recall if msg.HasField("recall") else None,
+    )
+    return msg.first_row, msg.total_rows, part
+
+
+# --------------------------------------------------------------------------------------------- dynamic negatives
+def query_positives_to_pb(positives: object, out: pb.DynamicNegativesOpen) -> None:
+    """ADORE positives (``{query_id: id or ids}``, or a sequence indexed by query id) -> query ids + id lists."""
+    if not isinstance(positives, Mapping):
+        out.query_ids.extend(range(id_lists_to_pb(positives, out.positives)))
+        return
+    try:
+        qids = [int(q) for q in positives]
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"the keys of positives must be integer query ids: {exc}") from None
+    id_lists_to_pb(list(positives.values()), out.positives)
+    out.query_ids.extend(qids)
+
+
+def query_positives_from_pb(msg: pb.DynamicNegativesOpen) -> dict[int, np.ndarray]:
+    """``{query_id: ids}`` of an opening message; query ids must be unique, one per id list."""
+    lists = id_lists_from_pb(msg.positives)
+    qids = list(msg.query_ids)
+    if len(qids) != len(lists):
+        raise InvalidArgument(f"got {len(qids)} query ids for {len(lists)} lists of positives; give one per list")
+    if len(set(qids)) != len(qids):
+        raise InvalidArgument("query ids of the positives must be unique")
+    return dict(zip(qids, lists))
+
+
+def dynamic_open_to_pb(positives: object, k: object, out: pb.DynamicNegativesRequest) -> None:
+    """Fill the opening message of a session (``out`` names collection and tenant already)."""
+    out.open.k = uint_to_wire(k, lambda v: _select.int_option(v, "k", low=1))
+    query_positives_to_pb(positives, out.open)
+
+
+def dynamic_batch_request_to_pb(query_ids: object, embeddings: object) -> pb.DynamicNegativesRequest:
+    """One batch message; embeddings and query ids get the engine session's own first checks, in its order."""
+    request = pb.DynamicNegativesRequest()
+    q = _select.queries_matrix(embeddings, "embeddings")
+    request.batch.query_ids.extend(_select.as_ids(np.atleast_1d(query_ids), "query_ids").reshape(-1).tolist())
+    matrix_to_pb(q, request.batch.embeddings)
+    return request
+
+
+def dynamic_request_from_pb(request: pb.DynamicNegativesRequest) -> tuple[str | None, Callable[[], tuple]]:
+    """``(kind, decode)``: kind ``"open"`` or ``"batch"`` (None: neither); ``decode()`` gives the engine's
+    arguments, ``(positives, k or None)`` or ``(query_ids, embeddings)``, raising where the wire is malformed."""
+    kind = request.WhichOneof("body")
+    if kind == "open":
+        body = request.open
+        return kind, lambda: (query_positives_from_pb(body), body.k if body.HasField("k") else None)
+    if kind == "batch":
+        batch = request.batch
+        return kind, lambda: (ids_from_pb(batch.query_ids), matrix_from_pb(batch.embeddings))
+    return None, tuple
+
+
+def dynamic_response_to_pb(session, outcome: DynamicBatch | GroveError | None) -> pb.DynamicNegativesResponse:
+    """The reply to one message: the session's state plus ``outcome`` (a batch, a refusal, or None at open)."""
+    msg = pb.DynamicNegativesResponse(k=session.k, mrr=session.mrr)
+    summary_to_pb(session.stats, msg.stats)
+    if isinstance(outcome, GroveError):
+        msg.error.code = outcome.code
+        msg.error.message = str(outcome)
+    elif outcome is not None:
+        b = outcome
+        msg.rows = b.ids.shape[0]
+        msg.positives = b.positive_ids.shape[1]
+        msg.query_ids = b.query_ids.astype(_I64, copy=False).tobytes()
+        msg.ids = b.ids.astype(_I64, copy=False).tobytes()
+        msg.scores = b.scores.astype(_F32, copy=False).tobytes()
+        msg.positive_ids = b.positive_ids.astype(_I64, copy=False).tobytes()
+        msg.positive_ranks = b.positive_ranks.astype(_I32, copy=False).tobytes()
+        msg.positive_scores = b.positive_scores.astype(_F32, copy=False).tobytes()
+    return msg
+
+
+def dynamic_batch_from_pb(msg: pb.DynamicNegativesResponse) -> DynamicBatch:
+    """The ``DynamicBatch`` of a reply to a batch (writable native arrays, like the engine's)."""
+    b, k, p = msg.rows, msg.k, msg.positives
+
+    def arr(data: bytes, dtype: np.dtype, native: type, shape: tuple) -> np.ndarray:
+        return np.frombuffer(data, dtype).astype(native).reshape(shape)
+
+    return DynamicBatch(
+        arr(msg.query_ids, _I64, np.int64, (b,)),
+        arr(msg.ids, _I64, np.int64, (b, k)),
+        arr(msg.scores, _F32, np.float32, (b, k)),
+        arr(msg.positive_ids, _I64, np.int64, (b, p)),
+        arr(msg.positive_ranks, _I32, np.int32, (b, p)),
+        arr(msg.positive_scores, _F32, np.float32, (b, p)),
+    )

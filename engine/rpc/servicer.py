@@ -11,6 +11,7 @@ from engine.rpc.auth import principal
 from engine.rpc.ingest import StreamBatch
 from engine.rpc.pb import grove_pb2 as pb
 from engine.rpc.pb import grove_pb2_grpc
+from engine.rpc.sessions import DynamicStream
 
 DEFAULT_MAX_STREAM_BYTES = 1 << 30
 
@@ -77,6 +78,7 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
             k=request.k,
             tenant=request.tenant,
             ef=request.ef if request.HasField("ef") else None,
+            prf=convert.prf_from_pb(request),
             principal=principal(),
         )
         return convert.search_result_to_pb(res)
@@ -91,3 +93,35 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
     # ------------------------------------------------------------------------------------- keys
     def CreateTenantKey(self, request, context):
         return pb.CreateTenantKeyResponse(api_key=self._db.create_tenant_key(request.tenant))
+
+    # ------------------------------------------------------------------------------------- index and compression
+    def BuildIndex(self, request, context):
+        col = self._db.get_collection(request.collection)
+        return convert.summary_to_pb(col.build_index(background=request.background))
+
+    def TrainCompression(self, request, context):
+        col = self._db.get_collection(request.collection)
+        return convert.summary_to_pb(col.train_compression(convert.optional_matrix_from_pb(request, "query_sample")))
+
+    def Configure(self, request, context):
+        col = self._db.get_collection(request.collection)
+        return convert.summary_to_pb(col.configure(**convert.settings_from_pb(request)))
+
+    # ------------------------------------------------------------------------------------- training hooks
+    def MineHardNegatives(self, request, context):
+        col = self._db.get_collection(request.collection)
+        chunks = col.mine_hard_negatives_stream(
+            convert.matrix_from_pb(request.queries),
+            convert.id_lists_from_pb(request.positives),
+            tenant=request.tenant,
+            principal=principal(),
+            **convert.mining_options_from_pb(request),
+        )
+        for first_row, total_rows, part in chunks:  # one chunk mined, one message sent
+            yield convert.mined_to_pb(first_row, total_rows, part)
+
+    def DynamicNegatives(self, request_iterator, context):
+        stream = DynamicStream(self._db, principal())
+        for r in request_iterator:
+            outcome = stream.step(r.collection, r.tenant, *convert.dynamic_request_from_pb(r))
+            yield convert.dynamic_response_to_pb(stream.session, outcome)

@@ -15,7 +15,9 @@ from engine.errors import InvalidArgument, NotFound
 from engine.kernels import gemm
 from engine.training import _select
 
-METHODS = ("gemm", "scan")
+#: ``"best"``: the kernel layer's batch search (native if built, else numba); ``"gemm"``: the BLAS-blocked
+#: product (``engine.kernels.gemm``); ``"scan"``: the per-query scan (``engine.kernels.topk``)
+METHODS = ("best", "gemm", "scan")
 
 
 def similarity(metric: str, surrogate: np.ndarray) -> np.ndarray:
@@ -37,8 +39,7 @@ class ScopedVectors:
     rows : int64 row numbers the caller may see; None for all rows of ``data``.
     ids : int64 ``[N]`` external id of each row of ``data``; None when ids are row numbers.
     metric : ``"ip"``, ``"cosine"`` or ``"l2"``; scores are similarities (``l2``: minus the distance).
-    method : ``"gemm"`` (blocked matrix product, for batches: ``engine.kernels.gemm``) or ``"scan"``
-        (``engine.kernels.topk``).
+    method : one of ``METHODS``: ``"best"`` (default), ``"gemm"`` or ``"scan"``.
     """
 
     def __init__(
@@ -48,7 +49,7 @@ class ScopedVectors:
         ids: np.ndarray | None = None,
         *,
         metric: str = "ip",
-        method: str = "gemm",
+        method: str = "best",
     ) -> None:
         if metric not in ("ip", "cosine", "l2"):
             raise InvalidArgument(f"metric must be one of ip, cosine, l2; got {metric!r}")
@@ -78,7 +79,9 @@ class ScopedVectors:
     def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``depth`` best visible ids and their similarities, best first, padded with (-1, -inf)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.method == "gemm":
+        if self.method == "best":
+            s, r = kernels.search(q, self.data, depth, self.metric, rows=self.rows)
+        elif self.method == "gemm":
             s, r = gemm.topk_gemm(q, self.data, self.rows, depth, self.metric)
         else:
             rows = np.arange(self.data.shape[0], dtype=np.int64) if self.rows is None else self.rows

@@ -185,18 +185,30 @@ class DeleteResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "tenant", "queries", "k", "ef")
+    __slots__ = ("collection", "tenant", "queries", "k", "ef", "prf")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EF_FIELD_NUMBER: _ClassVar[int]
+    PRF_FIELD_NUMBER: _ClassVar[int]
     collection: str
     tenant: str
     queries: Matrix
     k: int
     ef: int
-    def __init__(self, collection: _Optional[str] = ..., tenant: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ...) -> None: ...
+    prf: PRF
+    def __init__(self, collection: _Optional[str] = ..., tenant: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., prf: _Optional[_Union[PRF, _Mapping]] = ...) -> None: ...
+
+class PRF(_message.Message):
+    __slots__ = ("depth", "alpha", "beta")
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    depth: int
+    alpha: float
+    beta: float
+    def __init__(self, depth: _Optional[int] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("rows", "k", "ids", "scores")
@@ -251,6 +263,188 @@ class StatsResponse(_message.Message):
     ints: _containers.ScalarMap[str, int]
     floats: _containers.ScalarMap[str, float]
     def __init__(self, ints: _Optional[_Mapping[str, int]] = ..., floats: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class Summary(_message.Message):
+    __slots__ = ("ints", "floats")
+    class IntsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FloatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    INTS_FIELD_NUMBER: _ClassVar[int]
+    FLOATS_FIELD_NUMBER: _ClassVar[int]
+    ints: _containers.ScalarMap[str, int]
+    floats: _containers.ScalarMap[str, float]
+    def __init__(self, ints: _Optional[_Mapping[str, int]] = ..., floats: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class IdLists(_message.Message):
+    __slots__ = ("ids", "offsets")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., offsets: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class BuildIndexRequest(_message.Message):
+    __slots__ = ("collection", "background")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    background: bool
+    def __init__(self, collection: _Optional[str] = ..., background: _Optional[bool] = ...) -> None: ...
+
+class TrainCompressionRequest(_message.Message):
+    __slots__ = ("collection", "query_sample")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    query_sample: Matrix
+    def __init__(self, collection: _Optional[str] = ..., query_sample: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+
+class ConfigureRequest(_message.Message):
+    __slots__ = ("collection", "query_reservoir", "auto_index_rows")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_RESERVOIR_FIELD_NUMBER: _ClassVar[int]
+    AUTO_INDEX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    query_reservoir: int
+    auto_index_rows: int
+    def __init__(self, collection: _Optional[str] = ..., query_reservoir: _Optional[int] = ..., auto_index_rows: _Optional[int] = ...) -> None: ...
+
+class MineHardNegativesRequest(_message.Message):
+    __slots__ = ("collection", "tenant", "queries", "positives", "num_negatives", "range_min", "range_max", "absolute_margin", "relative_margin", "max_score", "min_score", "sampling", "random_negatives", "seed", "exact", "ef", "chunk_size")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NUM_NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    RANGE_MIN_FIELD_NUMBER: _ClassVar[int]
+    RANGE_MAX_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    EF_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    tenant: str
+    queries: Matrix
+    positives: IdLists
+    num_negatives: int
+    range_min: int
+    range_max: int
+    absolute_margin: float
+    relative_margin: float
+    max_score: float
+    min_score: float
+    sampling: str
+    random_negatives: int
+    seed: int
+    exact: bool
+    ef: int
+    chunk_size: int
+    def __init__(self, collection: _Optional[str] = ..., tenant: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., positives: _Optional[_Union[IdLists, _Mapping]] = ..., num_negatives: _Optional[int] = ..., range_min: _Optional[int] = ..., range_max: _Optional[int] = ..., absolute_margin: _Optional[float] = ..., relative_margin: _Optional[float] = ..., max_score: _Optional[float] = ..., min_score: _Optional[float] = ..., sampling: _Optional[str] = ..., random_negatives: _Optional[int] = ..., seed: _Optional[int] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class MineHardNegativesResponse(_message.Message):
+    __slots__ = ("first_row", "total_rows", "rows", "width", "ids", "scores", "positive_scores", "stats", "recall")
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    first_row: int
+    total_rows: int
+    rows: int
+    width: int
+    ids: bytes
+    scores: bytes
+    positive_scores: bytes
+    stats: Summary
+    recall: float
+    def __init__(self, first_row: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[int] = ..., width: _Optional[int] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., positive_scores: _Optional[bytes] = ..., stats: _Optional[_Union[Summary, _Mapping]] = ..., recall: _Optional[float] = ...) -> None: ...
+
+class DynamicNegativesRequest(_message.Message):
+    __slots__ = ("collection", "tenant", "open", "batch")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    tenant: str
+    open: DynamicNegativesOpen
+    batch: DynamicNegativesBatch
+    def __init__(self, collection: _Optional[str] = ..., tenant: _Optional[str] = ..., open: _Optional[_Union[DynamicNegativesOpen, _Mapping]] = ..., batch: _Optional[_Union[DynamicNegativesBatch, _Mapping]] = ...) -> None: ...
+
+class DynamicNegativesOpen(_message.Message):
+    __slots__ = ("k", "query_ids", "positives")
+    K_FIELD_NUMBER: _ClassVar[int]
+    QUERY_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    query_ids: _containers.RepeatedScalarFieldContainer[int]
+    positives: IdLists
+    def __init__(self, k: _Optional[int] = ..., query_ids: _Optional[_Iterable[int]] = ..., positives: _Optional[_Union[IdLists, _Mapping]] = ...) -> None: ...
+
+class DynamicNegativesBatch(_message.Message):
+    __slots__ = ("query_ids", "embeddings")
+    QUERY_IDS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    query_ids: _containers.RepeatedScalarFieldContainer[int]
+    embeddings: Matrix
+    def __init__(self, query_ids: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+
+class DynamicNegativesResponse(_message.Message):
+    __slots__ = ("rows", "k", "query_ids", "ids", "scores", "positives", "positive_ids", "positive_ranks", "positive_scores", "mrr", "stats", "error")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    QUERY_IDS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_RANKS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    MRR_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    k: int
+    query_ids: bytes
+    ids: bytes
+    scores: bytes
+    positives: int
+    positive_ids: bytes
+    positive_ranks: bytes
+    positive_scores: bytes
+    mrr: float
+    stats: Summary
+    error: Error
+    def __init__(self, rows: _Optional[int] = ..., k: _Optional[int] = ..., query_ids: _Optional[bytes] = ..., ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., positives: _Optional[int] = ..., positive_ids: _Optional[bytes] = ..., positive_ranks: _Optional[bytes] = ..., positive_scores: _Optional[bytes] = ..., mrr: _Optional[float] = ..., stats: _Optional[_Union[Summary, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class CreateTenantKeyRequest(_message.Message):
     __slots__ = ("tenant",)

@@ -103,6 +103,31 @@ class GroveStub:
                 request_serializer=grove_dot_v1_dot_grove__pb2.CreateTenantKeyRequest.SerializeToString,
                 response_deserializer=grove_dot_v1_dot_grove__pb2.CreateTenantKeyResponse.FromString,
                 _registered_method=True)
+        self.BuildIndex = channel.unary_unary(
+                '/grove.v1.Grove/BuildIndex',
+                request_serializer=grove_dot_v1_dot_grove__pb2.BuildIndexRequest.SerializeToString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.Summary.FromString,
+                _registered_method=True)
+        self.TrainCompression = channel.unary_unary(
+                '/grove.v1.Grove/TrainCompression',
+                request_serializer=grove_dot_v1_dot_grove__pb2.TrainCompressionRequest.SerializeToString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.Summary.FromString,
+                _registered_method=True)
+        self.Configure = channel.unary_unary(
+                '/grove.v1.Grove/Configure',
+                request_serializer=grove_dot_v1_dot_grove__pb2.ConfigureRequest.SerializeToString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.Summary.FromString,
+                _registered_method=True)
+        self.MineHardNegatives = channel.unary_stream(
+                '/grove.v1.Grove/MineHardNegatives',
+                request_serializer=grove_dot_v1_dot_grove__pb2.MineHardNegativesRequest.SerializeToString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.MineHardNegativesResponse.FromString,
+                _registered_method=True)
+        self.DynamicNegatives = channel.stream_stream(
+                '/grove.v1.Grove/DynamicNegatives',
+                request_serializer=grove_dot_v1_dot_grove__pb2.DynamicNegativesRequest.SerializeToString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.DynamicNegativesResponse.FromString,
+                _registered_method=True)
 
 
 class GroveServicer:
@@ -193,6 +218,38 @@ class GroveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildIndex(self, request, context):
+        """Admin only: change the whole collection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainCompression(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Configure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MineHardNegatives(self, request, context):
+        """Training hooks; a tenant key mines only as its own tenant (checked on every message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DynamicNegatives(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GroveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +317,31 @@ def add_GroveServicer_to_server(servicer, server):
                     servicer.CreateTenantKey,
                     request_deserializer=grove_dot_v1_dot_grove__pb2.CreateTenantKeyRequest.FromString,
                     response_serializer=grove_dot_v1_dot_grove__pb2.CreateTenantKeyResponse.SerializeToString,
+            ),
+            'BuildIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildIndex,
+                    request_deserializer=grove_dot_v1_dot_grove__pb2.BuildIndexRequest.FromString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.Summary.SerializeToString,
+            ),
+            'TrainCompression': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainCompression,
+                    request_deserializer=grove_dot_v1_dot_grove__pb2.TrainCompressionRequest.FromString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.Summary.SerializeToString,
+            ),
+            'Configure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Configure,
+                    request_deserializer=grove_dot_v1_dot_grove__pb2.ConfigureRequest.FromString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.Summary.SerializeToString,
+            ),
+            'MineHardNegatives': grpc.unary_stream_rpc_method_handler(
+                    servicer.MineHardNegatives,
+                    request_deserializer=grove_dot_v1_dot_grove__pb2.MineHardNegativesRequest.FromString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.MineHardNegativesResponse.SerializeToString,
+            ),
+            'DynamicNegatives': grpc.stream_stream_rpc_method_handler(
+                    servicer.DynamicNegatives,
+                    request_deserializer=grove_dot_v1_dot_grove__pb2.DynamicNegativesRequest.FromString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.DynamicNegativesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +697,141 @@ class Grove:
             '/grove.v1.Grove/CreateTenantKey',
             grove_dot_v1_dot_grove__pb2.CreateTenantKeyRequest.SerializeToString,
             grove_dot_v1_dot_grove__pb2.CreateTenantKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grove.v1.Grove/BuildIndex',
+            grove_dot_v1_dot_grove__pb2.BuildIndexRequest.SerializeToString,
+            grove_dot_v1_dot_grove__pb2.Summary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainCompression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grove.v1.Grove/TrainCompression',
+            grove_dot_v1_dot_grove__pb2.TrainCompressionRequest.SerializeToString,
+            grove_dot_v1_dot_grove__pb2.Summary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Configure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grove.v1.Grove/Configure',
+            grove_dot_v1_dot_grove__pb2.ConfigureRequest.SerializeToString,
+            grove_dot_v1_dot_grove__pb2.Summary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MineHardNegatives(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/grove.v1.Grove/MineHardNegatives',
+            grove_dot_v1_dot_grove__pb2.MineHardNegativesRequest.SerializeToString,
+            grove_dot_v1_dot_grove__pb2.MineHardNegativesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DynamicNegatives(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/grove.v1.Grove/DynamicNegatives',
+            grove_dot_v1_dot_grove__pb2.DynamicNegativesRequest.SerializeToString,
+            grove_dot_v1_dot_grove__pb2.DynamicNegativesResponse.FromString,
             options,
             channel_credentials,
             insecure,
