@@ -364,14 +364,18 @@ class Collection:
             ids = np.full((m, k), -1, np.int64)
             scores = np.full((m, k), metrics.padding_score(self.metric), np.float32)
             return SearchResult(ids, scores)
-        with self._rw.read():
+        self._rw.acquire_read()
+        try:
             self._check_open()
             if prf is not None:
                 s, r = self.index.search(q, prf.depth, tenant_no, ef=ef)
                 top = np.where((r >= 0)[..., None], self.table.data[np.maximum(r, 0)], np.float32(0))
                 q = prf_queries(q, top, None, depth=prf.depth, alpha=prf.alpha, beta=prf.beta)
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
-            ids = np.where(rows >= 0, self.table.ids[np.maximum(rows, 0)], -1)
+            ids = self.table.ids[rows]  # padding rows (-1) read the last row: overwritten next
+            ids[rows < 0] = -1
+        finally:
+            self._rw.release_read()
         return SearchResult(ids, metrics.finalize(self.metric, scores))
 
     # ----------------------------------------------------------------------------------- settings
@@ -691,9 +695,9 @@ class Database:
         return 0 if raw is None else keys.read_u64(raw)
 
     def get_collection(self, name: str) -> Collection:
-        validate.name(name, "collection")
-        col = self._collections.get(name)
+        col = self._collections.get(name) if isinstance(name, str) else None
         if col is None:
+            validate.name(name, "collection")
             raise NotFound(f"no collection named {name!r}; create_collection({name!r}, dim=...) makes one")
         return col
 

@@ -5,7 +5,7 @@ A leaf module: numpy only. Each value maps one to one onto a protobuf message in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -104,11 +104,10 @@ class SearchResult:
 
     ids: np.ndarray
     scores: np.ndarray
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
 
-    def __post_init__(self) -> None:
-        if self.counts is None:
-            object.__setattr__(self, "counts", (self.ids >= 0).sum(axis=1).astype(np.int32))
+    @property
+    def counts(self) -> np.ndarray:
+        return (self.ids >= 0).sum(axis=1).astype(np.int32)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

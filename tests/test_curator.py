@@ -23,8 +23,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 #: exploration and rescoring wide enough that a search is exact (every candidate is rescored)
 EXACT = dict(ef=1_000_000, candidates=100_000, rerank=100_000)
-#: a small tree so that small tests split shortlists across many levels
-SMALL = dict(fanout=4, max_leaf_size=16, max_sl_size=8, exact_max=4, code_dim=16, train_size=5_000)
+#: a small tree so that small tests split shortlists across many levels (and walk it: no flat scans)
+SMALL = dict(fanout=4, max_leaf_size=16, max_sl_size=8, exact_max=4, flat_max=0, code_dim=16, train_size=5_000)
 
 
 @pytest.fixture
@@ -155,9 +155,11 @@ def test_tiny_tenants_are_exact(rng, metric, trained):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
-def test_wide_search_is_exact_over_a_split_tree(rng, metric):
-    """With exploration and rescoring unbounded, best-first over many shortlists equals brute force."""
-    h = trained_harness(rng, metric=metric, **EXACT)
+@pytest.mark.parametrize("flat_max", [0, 10_000])
+def test_wide_search_is_exact_over_a_split_tree(rng, metric, flat_max):
+    """With exploration and rescoring unbounded, best-first over many shortlists (or a flat scan of every
+    code) equals brute force."""
+    h = trained_harness(rng, metric=metric, flat_max=flat_max, **EXACT)
     assert h.index.tree.n_nodes > 20 and max(h.index.count(t) for t in range(6)) > 8 * SMALL["max_sl_size"]
     for t in range(7):
         h.check(clustered(rng, 5, 16), 10, t, exact=True)

@@ -18,7 +18,8 @@ Design, and where it departs from the paper
   entries (curator.md §5.5 allows an exact structure). ``nbytes()`` reports ``bloom_filters_bytes = 0``,
   and there is no ``engine/index/bloom.py``: it would only add false positives and memory.
 * **Small tenants**: a tenant with at most ``exact_max`` vectors is scanned exhaustively in full precision
-  (exact results); a larger one with at most ``max_sl_size`` is one shortlist at the root, scanned whole.
+  (exact results); one with at most ``flat_max`` has all its scan codes scanned, without the tree (like
+  PT-IVF's flat index below 2,000 vectors: at that size a tree walk costs more than it saves).
 * **Updates**: new entries go to a short unsorted per-tenant *tail* (at most ``TAIL_CAP``, scanned by every
   search), merged into the sorted array when full; deletes tombstone the entry in place (row field
   ``DEAD``) and the array is compacted once tombstones exceed ``DEAD_FRACTION`` of it. A single update costs
@@ -58,7 +59,7 @@ TAIL_CAP = 32
 #: a tenant list is compacted once it holds more tombstones than this fraction of its length
 DEAD_FRACTION = 0.125
 #: version of the arrays written by ``state()``
-STATE_VERSION = 1
+STATE_VERSION = 2
 #: a collection with fewer vectors than this is best served untrained (exact); a suggestion for callers
 MIN_TRAIN_ROWS = 4096
 #: principal coordinates used for node priorities (the scan codes may keep more)
@@ -74,6 +75,7 @@ _PARAMS = (
     "max_leaf_size",
     "max_sl_size",
     "exact_max",
+    "flat_max",
     "ef",
     "candidates",
     "rerank",
@@ -205,6 +207,8 @@ class CuratorIndex:
     max_sl_size : shortlist threshold: a tenant's entries below a node are scanned as one shortlist when there
         are at most this many (default 128).
     exact_max : tenants with at most this many vectors are searched exactly, in full precision (default 128).
+    flat_max : tenants with at most this many vectors have all their codes scanned, without the tree
+        (default 2048; like a per-tenant flat index, it is cheaper than a tree walk at that size).
     ef : default early-stop budget of a search: it stops once this many scanned candidates in a row left the
         candidate list unchanged (default 512); the per-call ``ef`` overrides it. Larger explores more.
     candidates : size of the candidate list, ranked by scan codes (default 32; at least ``ef / 16``).
@@ -227,6 +231,7 @@ class CuratorIndex:
         max_leaf_size: int = 64,
         max_sl_size: int = 128,
         exact_max: int = 128,
+        flat_max: int = 2048,
         ef: int = 512,
         candidates: int = 32,
         rerank: int = 16,
@@ -242,6 +247,7 @@ class CuratorIndex:
             ("max_leaf_size", max_leaf_size, 1),
             ("max_sl_size", max_sl_size, 1),
             ("exact_max", exact_max, 0),
+            ("flat_max", flat_max, 0),
             ("ef", ef, 1),
             ("candidates", candidates, 1),
             ("rerank", rerank, 1),
@@ -259,6 +265,7 @@ class CuratorIndex:
         self.max_leaf_size = int(max_leaf_size)
         self.max_sl_size = int(max_sl_size)
         self.exact_max = int(exact_max)
+        self.flat_max = int(flat_max)
         self.ef = int(ef)
         self.candidates = int(candidates)
         self.rerank = int(rerank)
@@ -522,8 +529,21 @@ class CuratorIndex:
         kern = _k.search if m == 1 else _k.search_parallel
         kern(queries, self.table.data, self._slot_row, self._codes, self._ynorm, self.codec.kernel_args, lst.main,
              lst.tail, lst.nt, self._pcent, self._bias, self._topo, k, ef, cands, rerank, self.max_sl_size,
-             self.exact_max, self._kind, out_s, out_r)  # fmt: skip
+             self.exact_max, self.flat_max, self._kind, out_s, out_r)  # fmt: skip
         return out_s, out_r
+
+    def warm(self) -> None:
+        """Run one search of each kind (exact and tree, one query and a batch) so that numba has loaded or
+        compiled every search kernel before the first real query: otherwise the first queries after a build
+        or a load pay for it (tens of milliseconds; measured as a third less QPS over a 500-query pass)."""
+        if not self._lists:
+            return
+        small = min(self._lists, key=lambda t: self._lists[t].count())
+        large = max(self._lists, key=lambda t: self._lists[t].count())
+        for m in (1, 2):
+            q = np.zeros((m, self.table.dim), np.float32)
+            for t in {small, large}:
+                self.search(q, 10, t)
 
     def nbytes(self) -> dict[str, int]:
         """Bytes of this index's own structures (the vectors live in the table and are counted there)."""
@@ -636,6 +656,7 @@ class CuratorIndex:
                 idx._lists[t] = _TenantList(idx._sorted_entries(members_t))
         if verify:
             idx.verify()
+        idx.warm()
         return idx
 
     def verify(self) -> None:
@@ -688,4 +709,5 @@ class CuratorIndex:
             pick = union if union.shape[0] <= idx.train_size else rng.choice(union, idx.train_size, replace=False)
             idx.train(table.data[np.sort(pick)], population=int(union.shape[0]))
             idx.add_many(tenants_rows)
+        idx.warm()
         return idx

@@ -492,11 +492,12 @@ def _write(ks, kr, m, out_s, out_r):
 @njit(**_FLAGS)
 def _search_one(
     q, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
-    exact_max, kind, wf, wi, out_s, out_r,
+    exact_max, flat_max, kind, wf, wi, out_s, out_r,
 ):  # fmt: skip
     """Top-k of one query over one tenant (curator.md §2.6-2.7, with scan codes); returns entries scanned.
 
     * At most ``exact_max`` entries, or an untrained tree: exact scan of everything (full precision).
+    * At most ``flat_max`` entries: every code is scanned (no tree walk), then the rescoring below.
     * Otherwise best-first over the tenant's subtree: the frontier holds tree nodes whose subtree holds some
       of the tenant's entries, by priority ``pbias[c] - 2 q' . pcent[c]``. A popped node with at most ``max_sl``
       entries (a shortlist), or a GCT leaf, is scanned from the 4-bit codes into a candidate heap of capacity
@@ -553,7 +554,11 @@ def _search_one(
         qb[j] = wh * scale[h + j] - np.float32(16.0) * qa[j]
     size, _, _ = _scan_codes(qa, qb, codes, ynorm, tail, 0, nt, kind, hs, hr, 0, cap)
     scanned = nt
-    fsize = _fpush(fs, fn, flo, fhi, 0, np.float32(0.0), 0, 0, n)
+    # a tenant of at most flat_max entries: its codes are scanned whole (cheaper than walking the tree)
+    fsize = 0 if n <= flat_max else _fpush(fs, fn, flo, fhi, 0, np.float32(0.0), 0, 0, n)
+    if n <= flat_max:
+        size, _, _ = _scan_codes(qa, qb, codes, ynorm, main, 0, n, kind, hs, hr, size, cap)
+        scanned += n
     misses = 0
     qnode = qn[:pn]
     while fsize > 0:
@@ -597,7 +602,7 @@ def _workspace(p, nn, k, cands):
 @njit(**_FLAGS)
 def search(
     queries, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
-    exact_max, kind, out_s, out_r,
+    exact_max, flat_max, kind, out_s, out_r,
 ):  # fmt: skip
     """Serial batch: each query row searched in turn into ``out_s``/``out_r``. Returns entries scanned.
 
@@ -612,7 +617,7 @@ def search(
     for i in range(queries.shape[0]):
         total += _search_one(
             queries[i], data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
-            max_sl, exact_max, kind, wf, wi, out_s[i], out_r[i],
+            max_sl, exact_max, flat_max, kind, wf, wi, out_s[i], out_r[i],
         )  # fmt: skip
     return total
 
@@ -620,12 +625,12 @@ def search(
 @njit(**_PAR)
 def search_parallel(
     queries, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
-    exact_max, kind, out_s, out_r,
+    exact_max, flat_max, kind, out_s, out_r,
 ):  # fmt: skip
     """The same, one query per thread."""
     for i in prange(queries.shape[0]):
         wf, wi = _workspace(cd[2].shape[0], topo.shape[1], k, cands)
         _search_one(
             queries[i], data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
-            max_sl, exact_max, kind, wf, wi, out_s[i], out_r[i],
+            max_sl, exact_max, flat_max, kind, wf, wi, out_s[i], out_r[i],
         )  # fmt: skip
