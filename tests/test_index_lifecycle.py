@@ -1,0 +1,128 @@
+"""The index's life in a collection: built on demand or past a threshold, swapped atomically, saved with the
+store and reloaded without training, rebuilt from the store after a crash; searches and writes side by side."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine.db import Database
+from engine.index.curator import CuratorIndex
+from engine.index.flat import FlatIndex
+
+DIM = 16
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def _fill(col, rng, n=3000, tenants=5):
+    vecs = rng.standard_normal((n, DIM)).astype(np.float32)
+    owner = rng.integers(0, tenants, n)
+    for t in range(tenants):
+        ids = np.flatnonzero(owner == t).astype(np.int64)
+        col.upsert(ids, vecs[ids], tenant=f"t{t}")
+    col.grant(np.arange(0, n, 3, dtype=np.int64), tenant="shared")
+    return vecs, owner
+
+
+def _answers(col, queries):
+    return {t: col.search(queries, k=10, tenant=t, ef=4096).ids for t in ("t0", "t3", "shared")}
+
+
+def test_the_index_is_reloaded_at_open_without_training(tmp_path, rng, monkeypatch):
+    db = Database(tmp_path)
+    col = db.create_collection("c", dim=DIM, metric="ip")
+    _fill(col, rng)
+    col.build_index()
+    assert isinstance(col.index, CuratorIndex) and col.index.trained
+    q = rng.standard_normal((5, DIM)).astype(np.float32)
+    before = _answers(col, q)
+    db.close()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the saved index should have been loaded, not trained again")
+
+    monkeypatch.setattr(CuratorIndex, "build", no_training)
+    db = Database(tmp_path)
+    col = db.get_collection("c")
+    assert isinstance(col.index, CuratorIndex) and col.index.trained
+    after = _answers(col, q)
+    assert all(np.array_equal(before[t], after[t]) for t in before)
+    db.close()
+
+
+def test_writes_after_the_checkpoint_are_recovered_from_the_store_after_a_crash(tmp_path, rng):
+    db = Database(tmp_path)
+    col = db.create_collection("c", dim=DIM, metric="l2")
+    _, owner = _fill(col, rng)
+    col.build_index()
+    late = rng.standard_normal((50, DIM)).astype(np.float32)
+    col.upsert(np.arange(10_000, 10_050), late, tenant="late")
+    col.delete(np.flatnonzero(owner == 0)[:20].astype(np.int64), tenant="t0")
+    counts = {t: col.count(tenant=t) for t in ("t0", "t1", "shared", "late")}
+    db._store.close()  # a crash: no checkpoint of the index after the last writes
+
+    db = Database(tmp_path)
+    col = db.get_collection("c")
+    assert isinstance(col.index, CuratorIndex) and col.index.trained
+    assert {t: col.count(tenant=t) for t in counts} == counts
+    res = col.search(late[:3], k=1, tenant="late", ef=4096)
+    assert res.ids[:, 0].tolist() == [10_000, 10_001, 10_002] and np.allclose(res.scores[:, 0], 0, atol=1e-3)
+    db.close()
+
+
+def test_a_collection_indexes_itself_past_its_threshold(tmp_path, rng):
+    db = Database(tmp_path)
+    col = db.create_collection("c", dim=DIM, metric="ip")
+    col.configure(auto_index_rows=2000)
+    assert isinstance(col.index, FlatIndex)
+    _fill(col, rng, n=2500)
+    col._builder.join(timeout=120)
+    assert isinstance(col.index, CuratorIndex) and col.index.trained
+    db.close()
+    db = Database(tmp_path)
+    assert db.get_collection("c").auto_index_rows == 2000  # settings persist
+    db.close()
+
+
+def test_searches_never_see_half_a_batch_while_writes_and_a_rebuild_run(tmp_path, rng):
+    """Each batch goes to its own tenant, so any count other than 0 or the batch size is a torn read."""
+    db = Database(tmp_path)
+    col = db.create_collection("c", dim=DIM, metric="ip")
+    _fill(col, rng)
+    col.build_index()
+    batch, n_batches = 64, 40
+    vecs = rng.standard_normal((batch * n_batches, DIM)).astype(np.float32)
+    torn: list[str] = []
+    done = threading.Event()
+
+    def writer():
+        for b in range(n_batches):
+            ids = np.arange(100_000 + b * batch, 100_000 + (b + 1) * batch, dtype=np.int64)
+            col.upsert(ids, vecs[b * batch : (b + 1) * batch], tenant=f"w{b}")
+            if b == n_batches // 2:
+                col.build_index(background=True)
+        done.set()
+
+    def reader(seed):
+        r = np.random.default_rng(seed)
+        while not done.is_set():
+            b = int(r.integers(0, n_batches))
+            n = col.count(tenant=f"w{b}")
+            hits = col.search(vecs[b * batch : b * batch + 1], k=batch, tenant=f"w{b}", ef=4096).counts[0]
+            if n not in (0, batch) or hits not in (0, batch):
+                torn.append(f"batch {b}: count {n}, hits {hits}")
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not torn, torn[:5]
+    assert all(col.count(tenant=f"w{b}") == batch for b in range(n_batches))
+    db.close()
