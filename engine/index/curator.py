@@ -524,8 +524,9 @@ class CuratorIndex:
             return out_s, out_r
         ef = self.ef if ef is None else int(ef)
         # a large ef also widens the candidate list and the exact rescoring, so recall keeps rising with it
-        cands = max(self.candidates, ef >> 4)
-        rerank = max(self.rerank, ef >> 5)
+        # and a deep k needs a candidate list and a rescoring that hold k (k = 10 keeps the defaults)
+        cands = max(self.candidates, ef >> 4, 2 * k)
+        rerank = max(self.rerank, ef >> 5, k + k // 2)
         kern = _k.search if m == 1 else _k.search_parallel
         kern(queries, self.table.data, self._slot_row, self._codes, self._ynorm, self.codec.kernel_args, lst.main,
              lst.tail, lst.nt, self._pcent, self._bias, self._topo, k, ef, cands, rerank, self.max_sl_size,
