@@ -20,47 +20,18 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from datasets import qps_at, tie_aware_recall, true_scores  # noqa: E402
+
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 K = 10
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation
-# ---------------------------------------------------------------------------------------------
-def tie_aware_recall(found: np.ndarray, base: np.ndarray, queries: np.ndarray, gt: np.ndarray, gt_s: np.ndarray):
-    """Recall@10; a returned id also counts when its true score ties the 10th true score (within 1e-4)."""
-    hits = total = 0
-    for i in range(found.shape[0]):
-        want = set(gt[i, :K].tolist())
-        kth = gt_s[i, K - 1]
-        got = 0
-        for r in dict.fromkeys(found[i, :K].tolist()):
-            if r < 0:
-                continue
-            if r in want or float(base[r] @ queries[i]) >= kth - 1e-4:
-                got += 1
-        hits += min(got, K)
-        total += K
-    return hits / total
-
-
-def qps_at(curve: list[tuple[float, float]], target: float) -> float | None:
-    """Highest QPS with recall >= target, interpolating linearly between neighbouring sweep points."""
-    pts = sorted(curve)
-    best = None
-    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
-        if r0 < target <= r1:
-            best = max(best or 0.0, q0 + (q1 - q0) * (target - r0) / (r1 - r0))
-    for r, q in pts:
-        if r >= target:
-            best = max(best or 0.0, q)
-    return best
 
 
 def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
@@ -232,7 +203,7 @@ def main() -> None:
             curve = []
             for param in sweep:
                 ids, qps = timed(factory(param), s["test"])
-                rec = tie_aware_recall(ids, base, s["test"], s["gt"], s["gt_s"])
+                rec = tie_aware_recall(ids, true_scores(base, s["test"], ids), s["gt"], s["gt_s"], k=K)
                 curve.append(dict(param=param, recall=rec, qps=qps))
                 print(f"{qset:3s} {name:40s} param={param!s:5s} recall@10={rec:.4f} qps={qps:8.1f}", flush=True)
             results.append(dict(set=qset, method=name, build_s=build, bytes_per_vector=nbytes, curve=curve, info=info))
