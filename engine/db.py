@@ -84,6 +84,7 @@ class _Tenants:
         self.name: dict[int, str] = {}
         for key, value in store.scan(keys.TENANT):
             self._register(key[1:].decode(), keys.read_u32(value))
+        self._next = max(self.name, default=-1) + 1
         self._lock = threading.Lock()
 
     def _register(self, name: str, no: int) -> None:
@@ -94,12 +95,16 @@ class _Tenants:
         return self.number.get(name)
 
     def ensure(self, name: str, batch: Batch) -> tuple[int, bool]:
-        """The tenant's number; a new tenant's record is added to ``batch`` (commit, then ``commit_new``)."""
+        """The tenant's number; a new tenant's record is added to ``batch`` (``forget`` it if that batch fails).
+
+        Numbers are never reused, so a number another writer saw stays that tenant's.
+        """
         with self._lock:
             no = self.number.get(name)
             if no is not None:
                 return no, False
-            no = max(self.name, default=-1) + 1
+            no = self._next
+            self._next += 1
             batch.put(keys.tenant(name), keys.u32(no))
             self._register(name, no)  # reserved now so two writers never pick the same number
             return no, True
