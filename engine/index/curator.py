@@ -62,6 +62,9 @@ DEAD_FRACTION = 0.125
 STATE_VERSION = 2
 #: a collection with fewer vectors than this is best served untrained (exact); a suggestion for callers
 MIN_TRAIN_ROWS = 4096
+#: the default ef of a tenant is at least this share of its vectors: a fixed budget that suits tenants of up to
+#: ~20k vectors gives recall@10 0.73 over one 84k-vector tenant of the shared data; 1/40 gives 0.95
+LARGE_TENANT_SHARE = 1 / 40
 #: principal coordinates used for node priorities (the scan codes may keep more)
 NODE_DIM = 128
 
@@ -210,7 +213,8 @@ class CuratorIndex:
     flat_max : tenants with at most this many vectors have all their codes scanned, without the tree
         (default 2048; like a per-tenant flat index, it is cheaper than a tree walk at that size).
     ef : default early-stop budget of a search: it stops once this many scanned candidates in a row left the
-        candidate list unchanged (default 512); the per-call ``ef`` overrides it. Larger explores more.
+        candidate list unchanged (default 512, raised to ``LARGE_TENANT_SHARE`` of a tenant's size for tenants
+        above ~20k vectors); the per-call ``ef`` overrides it. Larger explores more.
     candidates : size of the candidate list, ranked by scan codes (default 32; at least ``ef / 16``).
     rerank : how many of the candidates are rescored exactly from the vectors (default 16; at least ``ef / 32``).
     code_dim : principal coordinates kept in the 4-bit scan code (default 256; cut to the dimension).
@@ -522,7 +526,7 @@ class CuratorIndex:
             out_s.fill(-np.inf)
             out_r.fill(-1)
             return out_s, out_r
-        ef = self.ef if ef is None else int(ef)
+        ef = max(self.ef, int(lst.count() * LARGE_TENANT_SHARE)) if ef is None else int(ef)
         # a large ef also widens the candidate list and the exact rescoring, so recall keeps rising with it
         # and a deep k needs a candidate list and a rescoring that hold k (k = 10 keeps the defaults)
         cands = max(self.candidates, ef >> 4, 2 * k)
