@@ -75,8 +75,8 @@ def ids(value: object, *, unique: bool = True) -> np.ndarray:
     return arr
 
 
-def vectors(value: object, expected_dim: int, *, what: str = "vectors") -> np.ndarray:
-    """A non-empty ``[n, dim]`` C-ordered float32 array of finite values (a 1-D vector is a batch of one)."""
+def matrix(value: object, what: str = "vectors") -> np.ndarray:
+    """``value`` as a float32 ``[n, dim]`` array (a 1-D vector is a batch of one); only the shape is checked."""
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -85,6 +85,12 @@ def vectors(value: object, expected_dim: int, *, what: str = "vectors") -> np.nd
         arr = arr.reshape(1, -1)
     if arr.ndim != 2:
         raise InvalidArgument(f"{what} must be 2-D [n, dim], got shape {arr.shape}")
+    return arr
+
+
+def vectors(value: object, expected_dim: int, *, what: str = "vectors") -> np.ndarray:
+    """A non-empty ``[n, dim]`` C-ordered float32 array of finite values (a 1-D vector is a batch of one)."""
+    arr = matrix(value, what)
     if arr.shape[0] == 0:
         raise InvalidArgument(f"the batch of {what} is empty; pass at least one row")
     if arr.shape[0] > MAX_BATCH:

@@ -158,15 +158,7 @@ def as_matrix(value: object, what: str = "vectors") -> np.ndarray:
 
     Only the shape is checked here; NaN, emptiness and dimension are the server's to judge.
     """
-    try:
-        arr = np.asarray(value, dtype=_F32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{what} must be a numeric array of float32: {exc}") from None
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if arr.ndim != 2:
-        raise InvalidArgument(f"{what} must be 2-D [n, dim], got shape {arr.shape}")
-    return arr
+    return validate.matrix(value, what).astype(_F32, copy=False)
 
 
 def matrix_to_pb(arr: np.ndarray, out: pb.Matrix) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from engine import validate
 from engine.errors import InvalidArgument
 
 PAD = -1
@@ -41,13 +42,8 @@ def float_option(value: object, what: str) -> float | None:
 
 def queries_matrix(queries: object, what: str = "queries") -> np.ndarray:
     """``[m, d]`` C-ordered float32 of finite values (one 1-D vector is a batch of one)."""
-    try:
-        arr = np.asarray(queries, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{what} must be a numeric float32 array: {exc}") from None
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    arr = validate.matrix(queries, what)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidArgument(f"{what} must be a non-empty 2-D array [m, dim], got shape {arr.shape}")
     if not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
