@@ -507,6 +507,18 @@ class CuratorIndex:
     def tenants(self) -> list[int]:
         return list(self._lists)
 
+    def leaf_members(self, tenant: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(leaf_ranks, rows)`` of the rows ``tenant`` sees, sorted by leaf rank (int32, int64).
+
+        Leaf rank ``r`` is the tree node ``self.tree.leaf_node[r]`` with centroid ``self.tree.centroids[...]``:
+        with them the shared tree serves as an inverted file over one tenant (bulk, batched searches).
+        """
+        lst = self._lists.get(tenant)
+        if lst is None:
+            return np.zeros(0, np.int32), _EMPTY
+        entries = lst.entries()
+        return (entries >> _BITS).astype(np.int32), self._slot_row[entries & _MASK].astype(np.int64)
+
     def search(
         self, queries: np.ndarray, k: int, tenant: int, ef: int | None = None, **_: object
     ) -> tuple[np.ndarray, np.ndarray]:
