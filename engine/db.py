@@ -33,8 +33,10 @@ from engine.errors import (
 )
 from engine.index.curator import CuratorIndex
 from engine.index.flat import FlatIndex
+from engine.index.rows import CodedRows
 from engine.index.table import VectorTable
 from engine.kernels import metrics
+from engine.quant.codec import Codec, build_codec
 from engine.reservoir import QueryReservoir
 from engine.rwlock import RWLock
 from engine.storage import keys
@@ -67,6 +69,12 @@ def _compression_from_json(d: dict | None) -> Compression:
         return None
     kind = d.pop("type")
     return LVQ(**d) if kind == "lvq" else LeanVec(**d)
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _deleting(key: bytes) -> Batch:
@@ -237,7 +245,7 @@ class Collection:
         by_tenant = self._group_by_tenant(slots)
         for t, rows in by_tenant.items():
             self.index.remove(t, rows)
-        self.table.data[slots] = prepared
+        self.table.store.write(slots, prepared)
         for t, rows in by_tenant.items():
             self.index.add(t, rows)
 
@@ -374,7 +382,8 @@ class Collection:
             self._check_open()
             if prf is not None:
                 s, r = self.index.search(q, prf.depth, tenant_no, ef=ef)
-                top = np.where((r >= 0)[..., None], self.table.data[np.maximum(r, 0)], np.float32(0))
+                top = self.table.vectors(np.maximum(r, 0).ravel()).reshape(*r.shape, self.dim)
+                top[r < 0] = 0
                 q = prf_queries(q, top, None, depth=prf.depth, alpha=prf.alpha, beta=prf.beta)
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
             ids = self.table.ids[rows]  # padding rows (-1) read the last row: overwritten next
@@ -414,12 +423,73 @@ class Collection:
         self.auto_index_rows = settings.get("auto_index_rows", AUTO_INDEX_ROWS)
 
     def train_compression(self, query_sample=None) -> dict[str, float]:
-        """Learn the collection's compression (LeanVec projection) from its vectors and ``query_sample``
-        (or the query reservoir)."""
-        self._check_open()
-        raise FailedPrecondition(
-            f"collection {self.name!r} has no compression to train; compressed collections are not served yet"
-        )
+        """(Re)learn the collection's codec from its vectors and ``query_sample`` (default: the query reservoir),
+        re-encode every row and rebuild the index, then swap them in atomically.
+
+        LeanVec-OOD learns its projection from the queries as well (``engine.quant.leanvec``); LeanVec-ID and
+        LVQ learn from the vectors alone. Searches go on against the old codes while this runs; writes wait.
+        The codec is stored, so a restart encodes with the same one. Returns a summary.
+        """
+        config = self.info.compression
+        if config is None:
+            raise FailedPrecondition(
+                f"collection {self.name!r} stores float32 vectors; create it with compression=LVQ(...) or "
+                "LeanVec(...) to train a compression"
+            )
+        sample = None
+        if query_sample is not None:
+            sample = validate.vectors(query_sample, self.dim, what="query_sample")
+        with self._writer:
+            self._check_open()
+            if sample is None:
+                sample = self.reservoir.sample() if len(self.reservoir) else None
+            if isinstance(config, LeanVec) and config.kind == "ood" and sample is None:
+                raise FailedPrecondition(
+                    "LeanVec(kind='ood') learns from queries: pass query_sample=..., or turn on the query "
+                    "reservoir with configure(query_reservoir=N) and search first"
+                )
+            return self._train_codec_locked(sample)
+
+    def _train_codec_locked(self, query_sample: np.ndarray | None) -> dict[str, float]:
+        """Learn, store and install a codec (caller holds the writer mutex); see ``train_compression``."""
+        config = self.info.compression
+        if len(self.table) == 0:
+            raise FailedPrecondition(f"collection {self.name!r} is empty: upsert vectors before training")
+        t0 = time.perf_counter()
+        live = np.flatnonzero(self.table.owner >= 0)
+        pick = live[np.linspace(0, live.shape[0] - 1, min(live.shape[0], 100_000)).astype(np.int64)]
+        if isinstance(config, LeanVec) and config.kind == "ood" and query_sample is None:
+            config = replace(config, kind="id")  # no queries seen yet: the data's own projection until there are
+        codec = build_codec(config, self._originals(pick), query_sample, metric=self.metric)
+        table = self.table.with_store(self.table.store)
+        table.compress(codec, source=self._originals)  # re-encoded from the originals, not from older codes
+        index = CuratorIndex.build(table, self.metric, table.visible_rows()) if self._indexed() else None
+        if index is None:
+            index = FlatIndex(table, self.metric)
+            for t, rows in table.visible_rows().items():
+                index.add(t, rows)
+        batch = Batch()
+        batch.delete_range(keys.codec(self.no, ""), keys.collection_prefix(keys.CODEC, self.no + 1))
+        for name, arr in codec.state().items():
+            batch.put(keys.codec(self.no, name), _npy(arr))
+        batch.delete(self._dirty_key)
+        self._store.write(batch)
+        with self._rw.write():
+            self.table, self.index = table, index
+        self._checkpoint(index)
+        out = {"vectors": float(len(table)), "train_s": time.perf_counter() - t0}
+        out.update({k: float(v) for k, v in codec.describe().items() if isinstance(v, (int, float))})
+        out["queries"] = float(0 if query_sample is None else query_sample.shape[0])
+        return out
+
+    def _indexed(self) -> bool:
+        return isinstance(self.index, CuratorIndex) and self.index.trained
+
+    def _originals(self, slots: np.ndarray) -> np.ndarray:
+        """The float32 vectors of ``slots`` as written (from the store), prepared for the metric."""
+        raw = self._store.get_many([keys.vector(self.no, int(i)) for i in self.table.ids[slots].tolist()])
+        vecs = np.frombuffer(b"".join(v[4:] for v in raw), "<f4").reshape(len(raw), self.dim)
+        return metrics.prepare(self.metric, vecs.astype(np.float32))
 
     # ----------------------------------------------------------------------------------- index lifecycle
     def build_index(self, *, background: bool = False) -> dict[str, float]:
@@ -437,6 +507,10 @@ class Collection:
 
     def _build_locked(self) -> dict[str, float]:
         self._check_open()
+        if self.info.compression is not None and self.table.codec is None and len(self.table):
+            # a compressed collection is float32 until its codec is learned: learn it (from the reservoir's
+            # queries, if any) before indexing, so the index scans codes
+            self._train_codec_locked(self.reservoir.sample() if len(self.reservoir) else None)
         t0 = time.perf_counter()
         with self._rw.write():
             self.table.fit()
@@ -473,9 +547,7 @@ class Collection:
         batch = Batch()
         batch.delete_range(keys.index_state(self.no, ""), keys.collection_prefix(keys.INDEX, self.no + 1))
         for name, arr in index.state().items():
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            batch.put(keys.index_state(self.no, name), buf.getvalue())
+            batch.put(keys.index_state(self.no, name), _npy(arr))
         batch.put(self._dirty_key, b"1")
         self._store.write(batch)
 
@@ -491,6 +563,16 @@ class Collection:
         except ValueError:
             return None
 
+    def _saved_codec(self) -> Codec | None:
+        """The stored codec of a compressed collection (None: none learned yet, or float32)."""
+        if self.info.compression is None:
+            return None
+        prefix = keys.codec(self.no, "")
+        state = {k[len(prefix) :].decode(): np.load(io.BytesIO(v)) for k, v in self._store.scan(prefix)}
+        if not state:
+            return None
+        return Codec.from_state(self.info.compression, self.metric, self.dim, state)
+
     def _has_saved_tree(self) -> bool:
         prefix = keys.index_state(self.no, "")
         return any(True for _ in self._store.scan(prefix))
@@ -504,7 +586,10 @@ class Collection:
         with self._rw.read():
             self._check_open()
             rows = np.zeros(0, np.int64) if tenant_no is None else self.index.rows(tenant_no)
-            yield ScopedVectors(self.table.data, rows, self.table.ids, metric=self.metric)
+            if self.table.codec is None:
+                yield ScopedVectors(self.table.data, rows, self.table.ids, metric=self.metric)
+            else:  # a compressed table: the tenant's rows decoded from their codes
+                yield ScopedVectors(self.table.vectors(rows), None, self.table.ids[rows], metric=self.metric)
 
     def _index_search_fn(self, tenant_no: int | None, ef: int | None):
         """The index's (approximate) tenant search as ``(queries, depth) -> (ids, similarities)``."""
@@ -601,13 +686,22 @@ class Collection:
             owners = set(np.unique(self.table.owner[self.table.owner >= 0]).tolist())
             n_tenants = len(owners | self.table.grants.tenants())
             out = {"vectors": len(self.table), "tenants": n_tenants, "dim": self.dim}
+            codec = self.table.codec
+            out["compressed"] = int(codec is not None)
+            if codec is not None:
+                out["code_bytes_per_vector"] = codec.bytes_per_vector
+                out["reduced_dim"] = codec.reduced_dim
         out.update(parts)
         out["total_bytes"] = sum(parts.values())
+        out["bytes_per_vector"] = out["total_bytes"] // max(out["vectors"], 1)
         return out
 
     # ----------------------------------------------------------------------------------- loading
     def _load(self) -> None:
         """Rebuild the in-memory table and index from the store (at open, after any crash)."""
+        codec = self._saved_codec()
+        if codec is not None:
+            self.table.store = CodedRows(codec, self.table.capacity)
         ids, owners, rows = [], [], []
         for key, value in self._store.scan(keys.collection_prefix(keys.VECTOR, self.no)):
             ids.append(keys.read_vid(key, 5))
@@ -669,11 +763,6 @@ class Database:
         info = CollectionInfo(name, validate.dim(dim), validate.metric(metric), compression)
         if compression is not None and not isinstance(compression, (LVQ, LeanVec)):
             raise InvalidArgument(f"compression must be LVQ(...), LeanVec(...) or None, got {compression!r}")
-        if compression is not None:
-            raise FailedPrecondition(
-                "compressed collections (LVQ, LeanVec) are not served by the index yet; create it without "
-                "compression (engine.quant has the encoders; the collection integration is pending)"
-            )
         with self._lock:
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} exists; get_collection({name!r}) opens it")
@@ -715,7 +804,7 @@ class Database:
             with col._writer, col._rw.write():
                 batch = Batch()
                 batch.delete(keys.collection(name))
-                for tag in (keys.VECTOR, keys.GRANT, keys.INDEX):
+                for tag in (keys.VECTOR, keys.GRANT, keys.INDEX, keys.CODEC):
                     batch.delete_range(keys.collection_prefix(tag, col.no), keys.collection_prefix(tag, col.no + 1))
                 self._store.write(batch)
                 col.dropped = True

@@ -393,11 +393,11 @@ def test_route_and_encode_match_numpy(rng):
             c0, cn = tree.child_start[node[i]], tree.child_count[node[i]]
             node[i] = c0 + np.argmin(((tree.centroids[c0 : c0 + cn] - x[i]) ** 2).sum(axis=1))
     np.testing.assert_array_equal(tree.route(h.table.data, rows), node)
-    c = idx.codec
+    c = idx.scan
     y = (x @ c.proj.T.astype(np.float64)) - c.poff
     u = np.clip(np.rint(y / c.scale + 7.5), 0, 15).astype(np.int64)
     h2 = c.dim // 2
-    codes = idx._codes[idx._slot[rows]].astype(np.int64)
+    codes = idx._sc[0][idx._slot[rows]].astype(np.int64)
     np.testing.assert_array_equal(codes & 15, u[:, :h2])
     np.testing.assert_array_equal(codes >> 4, u[:, h2:])
 

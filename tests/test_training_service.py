@@ -393,11 +393,6 @@ def test_configure_returns_the_settings(loaded):
         col.configure(query_reservoir=-1)
 
 
-@pytest.mark.xfail(
-    raises=FailedPrecondition,
-    strict=True,
-    reason="the engine does not serve compressed collections yet (FailedPrecondition); remove once it does",
-)
 def test_train_compression_returns_a_summary(any_client, world):
     col = world.load(any_client, "lean", compression=LeanVec(dim=8, kind="ood", primary="lvq8", secondary="float32"))
     _numbers(col.train_compression(query_sample=world.queries[0]))

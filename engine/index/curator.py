@@ -50,6 +50,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from engine.index.rows import DenseRows
+from engine.index.scancodes import PCACodes, PrimaryCodes, ScanCodes
 from engine.index.tree import ClusterTree
 from engine.kernels import metrics
 from engine.kernels import tree as _k
@@ -65,8 +67,6 @@ MIN_TRAIN_ROWS = 4096
 #: the default ef of a tenant is at least this share of its vectors: a fixed budget that suits tenants of up to
 #: ~20k vectors gives recall@10 0.73 over one 84k-vector tenant of the shared data; 1/40 gives 0.95
 LARGE_TENANT_SHARE = 1 / 40
-#: principal coordinates used for node priorities (the scan codes may keep more)
-NODE_DIM = 128
 
 _EMPTY = np.zeros(0, np.int64)
 _BITS = _k.ROW_BITS
@@ -87,6 +87,10 @@ _PARAMS = (
     "train_size",
     "seed",
 )
+
+
+def _no_centroids(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((n, 0), np.float32), np.zeros(n, np.float32)
 
 
 def _grown(a: np.ndarray, cap: int, fill) -> np.ndarray:
@@ -149,53 +153,6 @@ class _TenantList:
 
     def nbytes(self) -> int:
         return int(self.main.nbytes + self.tail.nbytes)
-
-
-class _Codec:
-    """Scan codes: 4-bit quantised coordinates of each vector in the training sample's top principal directions.
-
-    For ``y = P (x - mu)`` (``P``: the top ``dim`` principal directions; ``dim`` even), the code is
-    ``u = clip(round(y / scale + 7.5), 0, 15)`` with ``scale`` covering 99% of each coordinate (curator.md says
-    nothing about codes: this is Grove's). A candidate is ranked by ``(P q) . (scale * u)`` (``ip``) or
-    ``2 (P q - P mu) . (scale * u) - |scale * (u - 7.5)|^2`` (``l2``), which equal the exact surrogate up to a
-    per-query constant and the error of dropping the other directions and of quantising.
-    """
-
-    def __init__(self, proj: np.ndarray, poff: np.ndarray, scale: np.ndarray) -> None:
-        self.proj = np.ascontiguousarray(proj, np.float32)
-        self.poff = np.ascontiguousarray(poff, np.float32)
-        self.scale = np.ascontiguousarray(scale, np.float32)
-        self.inv_scale = (1.0 / np.maximum(self.scale, 1e-30)).astype(np.float32)
-        self.dim = int(self.proj.shape[0])
-        # the query-side projection is read once per query: int8 with a scale per column (a quarter of the bytes)
-        pt = self.proj.T
-        self.pscale = (np.abs(pt).max(axis=0) / 127.0).astype(np.float32) if pt.size else np.zeros(0, np.float32)
-        pt8 = np.rint(pt / np.maximum(self.pscale, 1e-30)).astype(np.int8)
-        self.kernel_args = (np.ascontiguousarray(pt8), self.pscale, self.poff, self.scale)
-
-    @classmethod
-    def none(cls, d: int) -> _Codec:
-        return cls(np.zeros((0, d), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
-
-    @classmethod
-    def fit(cls, sample: np.ndarray, dim: int, *, max_rows: int = 50_000) -> _Codec:
-        """PCA on (at most ``max_rows`` of) ``sample``; ``dim`` is cut to the dimension and made even."""
-        d = sample.shape[1]
-        x = sample[:: max(1, sample.shape[0] // max_rows)].astype(np.float64)
-        mu = x.mean(axis=0)
-        xc = x - mu
-        _, vecs = np.linalg.eigh(xc.T @ xc)
-        proj = vecs[:, ::-1].T[: min(dim, d)]  # rows: principal directions, largest variance first
-        if proj.shape[0] % 2:
-            proj = np.concatenate([proj, np.zeros((1, d))])  # a null direction keeps the nibble pairs whole
-        scale = np.percentile(np.abs(xc @ proj.T), 99.0, axis=0) / 7.5
-        return cls(proj, proj @ mu, np.maximum(scale, 1e-12))
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"proj": self.proj, "poff": self.poff, "scale": self.scale}
-
-    def nbytes(self) -> int:
-        return int(self.proj.nbytes + sum(a.nbytes for a in self.kernel_args) + self.inv_scale.nbytes)
 
 
 class CuratorIndex:
@@ -285,26 +242,23 @@ class CuratorIndex:
         self._slot = np.full(0, -1, np.int32)
         self._n_placed = 0  # rows placed now
         self._n_trained = 0  # rows placed right after the last training
-        self._set_tree(ClusterTree.single(table.dim), _Codec.none(table.dim))
+        self._set_tree(ClusterTree.single(table.dim), PCACodes.none(table.dim))
 
     # ------------------------------------------------------------------------------------------ tree
-    def _set_tree(self, tree: ClusterTree, codec: _Codec) -> None:
-        """Install a tree and its codec; node statistics and codes restart empty (rows are placed after)."""
+    def _set_tree(self, tree: ClusterTree, scan: ScanCodes) -> None:
+        """Install a tree and its scan codes; node statistics and codes restart empty (rows are placed after)."""
         self.tree = tree
-        self.codec = codec
+        self.scan = scan
         n = tree.n_nodes
         self._sqsum = np.zeros(n, np.float64)
         self._pop = np.zeros(n, np.int64)
-        nd = min(codec.dim, NODE_DIM)
-        self._pcent = np.ascontiguousarray(tree.centroids @ codec.proj[:nd].T - codec.poff[:nd], np.float32)
-        self._pnorm = np.einsum("ij,ij->i", self._pcent, self._pcent).astype(np.float32)
+        self._pcent, self._pnorm = scan.centroids(tree.centroids) if tree.trained else _no_centroids(n)
         self._bias = self._pnorm.copy()
         self._topo = np.ascontiguousarray(np.stack([tree.child_start, tree.child_count, tree.leaf_lo]), np.int32)
-        # per code slot: the 4-bit code, its squared norm, the table row (-1: free). Slots are handed out in
+        # per code slot: the scan code arrays (``ScanCodes``), the table row (-1: free). Slots are handed out in
         # leaf order by bulk placement and ``compact()``, so a shortlist's codes lie close together in memory.
         self._slot[:] = -1
-        self._codes = np.zeros((0, codec.dim // 2), np.uint8)
-        self._ynorm = np.zeros(0, np.float32)
+        self._sc = scan.empty()
         self._slot_row = np.full(0, -1, np.int32)
         self._free: list[int] = []
         self._slot_high = 0
@@ -335,8 +289,7 @@ class CuratorIndex:
         tree = ClusterTree.train(
             sample, fanout=self.fanout, max_leaf_size=self.max_leaf_size, population=pop, seed=self.seed
         )
-        codec = _Codec.fit(sample, self.code_dim) if tree.trained else _Codec.none(self.table.dim)
-        self._set_tree(tree, codec)
+        self._set_tree(tree, self._fit_scan(sample) if tree.trained else PCACodes.none(self.table.dim))
         self._n_placed = 0
         if placed.shape[0]:
             self._place(placed, bulk=True)
@@ -348,7 +301,7 @@ class CuratorIndex:
         """Grow the per-row arrays to hold rows below ``high``."""
         old = self._rank.shape[0]
         if high > old:
-            cap = max(high, self.table.data.shape[0], int(old * 1.5))
+            cap = max(high, self.table.capacity, int(old * 1.5))
             self._rank = _grown(self._rank, cap, -1)
             self._refs = _grown(self._refs, cap, 0)
             self._slot = _grown(self._slot, cap, -1)
@@ -360,8 +313,7 @@ class CuratorIndex:
         fresh = n - take
         if self._slot_high + fresh > self._slot_row.shape[0]:
             cap = max(self._slot_high + fresh, int(self._slot_row.shape[0] * 1.5) + 1024)
-            self._codes = _grown(self._codes, cap, 0)
-            self._ynorm = _grown(self._ynorm, cap, 0)
+            self._sc = self.scan.grown(self._sc, cap)
             self._slot_row = _grown(self._slot_row, cap, -1)
         out = np.empty(n, np.int64)
         out[:take] = reused
@@ -372,24 +324,44 @@ class CuratorIndex:
     def _place(self, rows: np.ndarray, *, bulk: bool = False) -> None:
         """Route rows to leaves, give them code slots (in leaf order), encode them, update node statistics."""
         t = self.tree
-        leaves = t.route(self.table.data, rows, parallel=bulk)
+        data, local = self._vectors_of(rows)
+        leaves = t.route(data, local, parallel=bulk)
         ranks = t.leaf_rank[leaves]
         if rows.shape[0] > 1:
             order = np.lexsort((rows, ranks))
-            rows, leaves, ranks = rows[order], leaves[order], ranks[order]
+            rows, leaves, ranks, local = rows[order], leaves[order], ranks[order], local[order]
         self._rank[rows] = ranks
         self._n_placed += rows.shape[0]
         slots = self._alloc_slots(rows.shape[0])
         self._slot[rows] = slots
         self._slot_row[slots] = rows
         if t.trained:
-            self._path_stats(rows, leaves, 1)
-            c = self.codec
-            _k.encode(self.table.data, rows, slots, c.proj, c.poff, c.inv_scale, self._codes, self._ynorm)
+            self._path_stats(data, local, leaves, 1)
+            self.scan.encode(data, local, slots, self._sc, self._sqnorms(rows))
+
+    def _vectors_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix, positions)`` with ``matrix[positions[i]]`` the float32 vector of ``rows[i]``: the table's
+        own matrix, or for a compressed table the rows decoded from their codes (routing and scan codes are
+        then a function of the stored codes alone, the same online and in a rebuild)."""
+        if isinstance(self.table.store, DenseRows):
+            return self.table.data, rows
+        return self.table.vectors(rows), np.arange(rows.shape[0], dtype=np.int64)
+
+    def _sqnorms(self, rows: np.ndarray) -> np.ndarray | None:
+        """The rows' squared norms where the scan codes keep them (``l2`` over primary codes)."""
+        if isinstance(self.scan, PrimaryCodes) and self.scan.per_slot[3]:
+            return self.table.store.sqnorms(rows)
+        return None
+
+    def _fit_scan(self, sample: np.ndarray) -> ScanCodes:
+        """Scan codes for a trained tree: the collection codec's primary, else PCA codes learned from ``sample``."""
+        codec = self.table.codec
+        return PCACodes.fit(sample, self.code_dim) if codec is None else PrimaryCodes(codec)
 
     def _unplace(self, rows: np.ndarray) -> None:
         if self.tree.trained:
-            self._path_stats(rows, self.tree.leaf_node[self._rank[rows]], -1)
+            data, local = self._vectors_of(rows)
+            self._path_stats(data, local, self.tree.leaf_node[self._rank[rows]], -1)
         slots = self._slot[rows]
         self._n_placed -= rows.shape[0]
         self._slot_row[slots] = -1
@@ -405,12 +377,7 @@ class CuratorIndex:
         placed = np.flatnonzero(self._refs > 0)
         old_rows = {t: self._slot_row[lst.entries() & _MASK] for t, lst in self._lists.items()}
         order = placed[np.lexsort((placed, self._rank[placed]))]
-        old = self._slot[order]
-        codes = np.zeros_like(self._codes)
-        ynorm = np.zeros_like(self._ynorm)
-        codes[: order.shape[0]] = self._codes[old]
-        ynorm[: order.shape[0]] = self._ynorm[old]
-        self._codes, self._ynorm = codes, ynorm
+        self._sc = self.scan.permuted(self._sc, self._slot[order])
         self._slot_row[:] = -1
         self._slot_row[: order.shape[0]] = order
         self._slot[order] = np.arange(order.shape[0])
@@ -419,9 +386,9 @@ class CuratorIndex:
         for t, rows in old_rows.items():
             self._lists[t] = _TenantList(self._sorted_entries(rows))
 
-    def _path_stats(self, rows: np.ndarray, leaves: np.ndarray, sign: int) -> None:
+    def _path_stats(self, data: np.ndarray, local: np.ndarray, leaves: np.ndarray, sign: int) -> None:
         t = self.tree
-        _k.path_stats(self.table.data, rows, leaves, t.parent, t.centroids, self._sqsum, self._pop, sign,
+        _k.path_stats(data, local, leaves, t.parent, t.centroids, self._sqsum, self._pop, sign,
                       self._pnorm, self.variance_boost, self._bias)  # fmt: skip
 
     def _entries(self, rows: np.ndarray) -> np.ndarray:
@@ -544,7 +511,7 @@ class CuratorIndex:
         cands = max(self.candidates, ef >> 4, 2 * k)
         rerank = max(self.rerank, ef >> 5, k + k // 2)
         kern = _k.search if m == 1 else _k.search_parallel
-        kern(queries, self.table.data, self._slot_row, self._codes, self._ynorm, self.codec.kernel_args, lst.main,
+        kern(queries, self.table.store.kernel_args, self._slot_row, self._sc, self.scan.kernel_args, lst.main,
              lst.tail, lst.nt, self._pcent, self._bias, self._topo, k, ef, cands, rerank, self.max_sl_size,
              self.exact_max, self.flat_max, self._kind, out_s, out_r)  # fmt: skip
         return out_s, out_r
@@ -571,7 +538,7 @@ class CuratorIndex:
             "centroids_bytes": tb["centroids_bytes"] + int(self._pcent.nbytes),
             "bloom_filters_bytes": 0,  # presence is exact, read from the sorted shortlists (module docstring)
             "shortlists_bytes": int(sum(lst.nbytes() for lst in self._lists.values())),
-            "scan_codes_bytes": int(self._codes.nbytes + self._ynorm.nbytes) + self.codec.nbytes(),
+            "scan_codes_bytes": self.scan.nbytes_of(self._sc) + self.scan.nbytes(),
             "row_placement_bytes": int(self._rank.nbytes + self._refs.nbytes + self._slot.nbytes)
             + int(self._slot_row.nbytes + 8 * len(self._free)),
             # a _TenantList object and its dict entry per tenant (CPython sizes, measured roughly)
@@ -597,7 +564,8 @@ class CuratorIndex:
         offsets = np.zeros(tenants.shape[0] + 1, np.int64)
         offsets[1:] = np.cumsum([m.shape[0] for m in members])
         out = {f"tree_{k}": v for k, v in self.tree.state().items()}
-        out.update({f"codec_{k}": v for k, v in self.codec.state().items()})
+        if isinstance(self.scan, PCACodes):
+            out.update({f"codec_{k}": v for k, v in self.scan.state().items()})
         out.update(
             version=np.array([STATE_VERSION], np.int64),
             params=np.array([getattr(self, p) for p in _PARAMS], np.float64),
@@ -630,7 +598,8 @@ class CuratorIndex:
                 raise ValueError(f"index state has {raw.shape} parameters, expected {len(_PARAMS)}")
             kw = {p: (float(v) if p == "variance_boost" else int(v)) for p, v in zip(_PARAMS, raw)}
             tree = ClusterTree.from_state({k[5:]: v for k, v in state.items() if k.startswith("tree_")})
-            codec = _Codec(*(state[f"codec_{k}"] for k in ("proj", "poff", "scale")))
+            pca = table.codec is None
+            scan = PCACodes.from_state({k: state[f"codec_{k}"] for k in ("proj", "poff", "scale")}) if pca else None
             ids = np.asarray(state["placed_ids"], np.int64)
             rank = np.asarray(state["placed_rank"], np.int32)
             tenants = np.asarray(state["tenant_ids"], np.int64)
@@ -639,7 +608,7 @@ class CuratorIndex:
         except KeyError as e:
             raise ValueError(f"index state lacks {e}; rebuild the index from the table") from None
         d = table.dim
-        if tree.centroids.shape[1] != d or codec.proj.shape[1] != d:
+        if tree.centroids.shape[1] != d or (pca and scan.proj.shape[1] != d):
             raise ValueError(f"index state is for another dimension than the table's {d}")
         if ids.shape != rank.shape or offsets.shape != (tenants.shape[0] + 1,) or offsets[-1] != members.shape[0]:
             raise ValueError("index state arrays disagree in length; rebuild the index from the table")
@@ -655,7 +624,7 @@ class CuratorIndex:
             raise ValueError("index state places rows no tenant sees")
         idx = cls(table, metric, **kw)
         idx._ensure(int(slots.max()) + 1 if slots.shape[0] else 0)
-        idx._set_tree(tree, codec)
+        idx._set_tree(tree, (scan if pca else PrimaryCodes(table.codec)) if tree.trained else PCACodes.none(d))
         order = np.lexsort((slots, rank))
         rows, rank = slots[order], rank[order]
         idx._rank[rows] = rank
@@ -665,8 +634,9 @@ class CuratorIndex:
         idx._slot[rows] = code_slots
         idx._slot_row[code_slots] = rows
         if tree.trained and rows.shape[0]:
-            idx._path_stats(rows, tree.leaf_node[rank], 1)
-            _k.encode(table.data, rows, code_slots, codec.proj, codec.poff, codec.inv_scale, idx._codes, idx._ynorm)
+            data, local = idx._vectors_of(rows)
+            idx._path_stats(data, local, tree.leaf_node[rank], 1)
+            idx.scan.encode(data, local, code_slots, idx._sc, idx._sqnorms(rows))
         for i, t in enumerate(tenants.tolist()):
             members_t = slots[members[offsets[i] : offsets[i + 1]]]
             if members_t.shape[0]:
@@ -724,7 +694,7 @@ class CuratorIndex:
             union = np.unique(np.concatenate(parts))
             rng = np.random.default_rng(idx.seed)
             pick = union if union.shape[0] <= idx.train_size else rng.choice(union, idx.train_size, replace=False)
-            idx.train(table.data[np.sort(pick)], population=int(union.shape[0]))
+            idx.train(table.vectors(np.sort(pick)), population=int(union.shape[0]))
             idx.add_many(tenants_rows)
         idx.warm()
         return idx

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import kernels
-
 _NO_ROWS = np.zeros(0, np.int64)
 
 
@@ -71,8 +69,9 @@ class FlatIndex:
         return 0 if lst is None else lst.n
 
     def search(self, queries: np.ndarray, k: int, tenant: int, **_: object) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k surrogate scores and rows of the tenant's visible vectors."""
-        return kernels.topk(queries, self.table.data, self.rows(tenant), k, self.metric)
+        """Top-k surrogate scores and rows of the tenant's visible vectors: exact over float32 rows, from the
+        codes for a compressed table."""
+        return self.table.store.topk(queries, self.rows(tenant), k, self.metric)
 
     def nbytes(self) -> dict[str, int]:
         return {"tenant_lists_bytes": sum(r.arr.nbytes + 56 for r in self._rows.values())}

@@ -1,22 +1,27 @@
 """The in-memory rows of one collection: vectors, their external ids, owners and grants (the ACL).
 
-Rows ("slots") are positions in one growable float32 matrix; a freed slot is reused. The access list
-of a row is its owner plus a set of granted tenants; it is the authority every index is checked against.
-Not thread-safe by itself: ``engine.db.Collection`` holds the lock.
+Rows ("slots") are positions in growable arrays; a freed slot is reused. The vectors live in a row store
+(``engine.index.rows``): float32, or only a codec's codes for a compressed collection (``compress``). The
+access list of a row is its owner plus a set of granted tenants; it is the authority every index is checked
+against. Not thread-safe by itself: ``engine.db.Collection`` holds the lock.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
 from engine.index.grants import GrantSet
 from engine.index.idmap import IdMap
+from engine.index.rows import CodedRows, DenseRows
+from engine.quant.codec import Codec
 
 
 class VectorTable:
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         self.dim = dim
-        self.data = np.zeros((capacity, dim), np.float32)
+        self.store: DenseRows | CodedRows = DenseRows(dim, capacity)
         self.ids = np.full(capacity, -1, np.int64)
         self.owner = np.full(capacity, -1, np.int32)
         self.grants = GrantSet()
@@ -26,6 +31,45 @@ class VectorTable:
 
     def __len__(self) -> int:
         return len(self.slot_of)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The float32 rows (``DenseRows`` only: a compressed table holds codes, read ``vectors(rows)``)."""
+        if not isinstance(self.store, DenseRows):
+            raise AttributeError("a compressed table keeps codes, not float32 rows; use vectors(rows)")
+        return self.store.data
+
+    @property
+    def capacity(self) -> int:
+        return self.store.capacity
+
+    @property
+    def codec(self) -> Codec | None:
+        """The codec whose codes the rows hold (None: float32 rows)."""
+        return self.store.codec if isinstance(self.store, CodedRows) else None
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``rows`` (a copy; decoded from the codes for a compressed table)."""
+        return self.store.vectors(np.asarray(rows, np.int64))
+
+    def with_store(self, store: DenseRows | CodedRows) -> VectorTable:
+        """A table sharing these ids, owners and grants whose vectors are ``store`` (fill it with ``compress``):
+        built on the side while this one serves, then swapped in."""
+        twin = copy.copy(self)
+        twin.store = store
+        return twin
+
+    def compress(self, codec: Codec | None, source=None) -> None:
+        """Keep the rows as ``codec``'s codes from now on (``None``: float32 again), re-encoding the live rows
+        from ``source(rows) -> float32`` (default: the current vectors) in blocks."""
+        old = self.store
+        new = DenseRows(self.dim, old.capacity) if codec is None else CodedRows(codec, old.capacity)
+        live = np.flatnonzero(self.owner[: self._high] >= 0)
+        read = source or old.vectors
+        for s in range(0, live.shape[0], 65_536):
+            part = live[s : s + 65_536]
+            new.write(part, read(part))
+        self.store = new
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids``, -1 where an id is absent."""
@@ -59,32 +103,32 @@ class VectorTable:
         take = min(n, len(self._free))
         reused = [self._free.pop() for _ in range(take)]
         fresh = n - take
-        if self._high + fresh > self.data.shape[0]:
+        if self._high + fresh > self.store.capacity:
             self._grow(self._high + fresh)
         out = np.array(reused + list(range(self._high, self._high + fresh)), np.int64)
         self._high += fresh
         return out
 
     def _grow(self, need: int) -> None:
-        cap = max(need, int(self.data.shape[0] * 1.25) + 1024)
-        data = np.zeros((cap, self.dim), np.float32)
-        data[: self._high] = self.data[: self._high]
+        cap = max(need, int(self.store.capacity * 1.25) + 1024)
+        self.store.resized(cap, self._high)
         ids = np.full(cap, -1, np.int64)
         ids[: self._high] = self.ids[: self._high]
         owner = np.full(cap, -1, np.int32)
         owner[: self._high] = self.owner[: self._high]
-        self.data, self.ids, self.owner = data, ids, owner
+        self.ids, self.owner = ids, owner
 
     def fit(self) -> None:
         """Drop the spare capacity beyond the highest slot in use and compact the maps (after a bulk load)."""
         self.slot_of.compact()
-        if self.data.shape[0] > self._high:
-            self.data = self.data[: self._high].copy()
+        if self.store.capacity > self._high:
+            self.store.resized(self._high, self._high)
             self.ids = self.ids[: self._high].copy()
             self.owner = self.owner[: self._high].copy()
 
-    def put(self, slots: np.ndarray, ids: np.ndarray, vectors: np.ndarray, owner: int) -> None:
-        self.data[slots] = vectors
+    def put(self, slots: np.ndarray, ids: np.ndarray, vectors: np.ndarray, owner) -> None:
+        """Store rows: ``vectors`` float32, prepared for the metric (encoded here for a compressed table)."""
+        self.store.write(slots, vectors)
         self.ids[slots] = ids
         self.owner[slots] = owner
         self.slot_of.put_many(ids, slots)
@@ -95,7 +139,7 @@ class VectorTable:
         self._free.extend(slots.tolist())
         self.ids[slots] = -1
         self.owner[slots] = -1
-        self.data[slots] = 0
+        self.store.clear(slots)
 
     def grant(self, slots: np.ndarray, tenant: int) -> np.ndarray:
         """Grant ``slots`` to ``tenant``; returns those it did not see before (the ones granted now)."""
@@ -113,7 +157,7 @@ class VectorTable:
 
     def nbytes(self) -> dict[str, int]:
         return {
-            "vectors_bytes": int(self.data.nbytes),
+            **self.store.nbytes(),
             "row_meta_bytes": int(self.ids.nbytes + self.owner.nbytes),
             "id_map_bytes": self.slot_of.nbytes(),
             "acl_bytes": self.grants.nbytes(),

@@ -376,37 +376,91 @@ def _fpop(fs, fn, flo, fhi, size):
     return size
 
 
+@njit(inline="always", **_FLAGS)
+def _row_score(q, qa1, qb1, qmu, qsum, qsq, data, rcodes, rres, rscale, rbias, rsqn, rbits, kind, r):
+    """Score of table row ``r`` for query ``q`` from the rows' own representation (the rerank source).
+
+    Dense rows (``data`` has rows): the exact surrogate. LVQ rows (``rcodes``; ``rres``: optional 8-bit second
+    level; ``rbits`` 8 or 4, split-half nibbles read through ``qa1``/``qb1``): with ``qmu = q . mu`` and
+    ``qsum = sum(q)`` the inner product with the decoded vector ``mu + l' + D c [+ D/255 c2]`` (``l' = l - D/2``
+    with a second level), and for ``l2`` ``2 <q, x~> - |x|^2 - |q|^2`` with the stored ``|x|^2`` (``rsqn``).
+    """
+    s = np.float32(0.0)
+    if data.shape[0] > 0:
+        if kind == IP:
+            for t in range(q.shape[0]):
+                s += q[t] * data[r, t]
+        else:
+            for t in range(q.shape[0]):
+                z = q[t] - data[r, t]
+                s -= z * z
+        return s
+    if rbits == 8:
+        for t in range(rcodes.shape[1]):
+            s += q[t] * np.float32(rcodes[r, t])
+    else:
+        for t in range(rcodes.shape[1]):
+            f = np.float32(rcodes[r, t])
+            s += qa1[t] * f + qb1[t] * np.floor(f * np.float32(0.0625))
+    delta = rscale[r]
+    if rres.shape[0] > 0:
+        s2 = np.float32(0.0)
+        for t in range(rres.shape[1]):
+            s2 += q[t] * np.float32(rres[r, t])
+        v = qmu + (rbias[r] - np.float32(0.5) * delta) * qsum + delta * s + delta * np.float32(1.0 / 255.0) * s2
+    else:
+        v = qmu + rbias[r] * qsum + delta * s
+    if kind == IP:
+        return v
+    return np.float32(2.0) * v - rsqn[r] - qsq
+
+
 @njit(**_FLAGS)
-def _scan_full(q, data, slot_row, lst, lo, hi, kind, hs, hr, size, cap):
-    """Offer the live entries of ``lst[lo:hi]`` with exact scores (keyed by table row) to the top-``cap`` heap."""
+def _row_query(q, rcodes, rmean, rbits, qa1, qb1):
+    """Per-query constants of ``_row_score`` for LVQ rows: fills ``qa1``/``qb1`` (4-bit rows: ``qa1 = q_lo``,
+    ``qb1 = q_hi - 16 q_lo``, so that ``sum qa1 f + qb1 floor(f / 16)`` is the split-half dot product) and
+    returns ``(q . mu, sum(q), |q|^2)``."""
     d = q.shape[0]
-    for j in range(lo, min(hi, lo + 2)):
-        _prefetch_entry(data, slot_row, lst[j], d)
+    qmu = np.float32(0.0)
+    qsum = np.float32(0.0)
+    qsq = np.float32(0.0)
+    for t in range(rmean.shape[0]):
+        qmu += q[t] * rmean[t]
+    for t in range(d):
+        qsum += q[t]
+        qsq += q[t] * q[t]
+    if rcodes.shape[0] > 0 and rbits == 4:
+        h = rcodes.shape[1]
+        for t in range(h):
+            lo = q[t]
+            hi = q[h + t] if h + t < d else np.float32(0.0)
+            qa1[t] = lo
+            qb1[t] = hi - np.float32(16.0) * lo
+    return qmu, qsum, qsq
+
+
+@njit(**_FLAGS)
+def _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, lo, hi, kind, hs, hr, size, cap):
+    """Offer the live entries of ``lst[lo:hi]``, scored from the rows (``_row_score``), keyed by table row, to
+    the top-``cap`` heap."""
+    data, rcodes, rres, rscale, rbias, rsqn, rmean, rbits = rs
+    dense = data.shape[0] > 0
     for j in range(lo, hi):
         if j + 2 < hi:
-            _prefetch_entry(data, slot_row, lst[j + 2], d)
+            slot = lst[j + 2] & ROW_MASK
+            if slot != DEAD:
+                if dense:
+                    _prefetch_row(data, slot_row[slot], data.shape[1])
+                else:
+                    _prefetch_code(rcodes, slot_row[slot], rcodes.shape[1])
         slot = lst[j] & ROW_MASK
         if slot == DEAD:
             continue
         r = slot_row[slot]
-        s = np.float32(0.0)
-        if kind == IP:
-            for t in range(d):
-                s += q[t] * data[r, t]
-        else:
-            for t in range(d):
-                z = q[t] - data[r, t]
-                s -= z * z
+        s = _row_score(q, qa1, qb1, qmu, qsum, qsq, data, rcodes, rres, rscale, rbias, rsqn, rbits, kind, r)
         if _beats(hs, hr, size, cap, s, r):
             size = _hpush(hs, hr, size, cap, s, r)
     return size
-
-
-@njit(inline="always", **_FLAGS)
-def _prefetch_entry(data, slot_row, entry, d):
-    slot = entry & ROW_MASK
-    if slot != DEAD:
-        _prefetch_row(data, slot_row[slot], d)
 
 
 @njit(inline="always", **_FLAGS)
@@ -425,32 +479,42 @@ def _prefetch_code(codes, r, h):
 
 
 @njit(**_FLAGS)
-def _scan_codes(qa, qb, codes, ynorm, lst, lo, hi, kind, hs, hr, size, cap):
-    """Offer the live entries of ``lst[lo:hi]`` scored from their 4-bit codes to the top-``cap`` heap.
+def _scan_codes(qa, qb, qw, sigma, sc, bits, lst, lo, hi, kind, hs, hr, size, cap):
+    """Offer the live entries of ``lst[lo:hi]`` scored from their scan codes to the top-``cap`` heap.
 
-    With ``f`` the code byte, ``sum_t qa_t f + qb_t floor(f / 16)`` equals ``sum_j qs_j u_j`` for
-    ``qa = qs_lo``, ``qb = qs_hi - 16 qs_lo`` (float arithmetic only: it vectorises 16 lanes wide). For ``l2``
-    the row's ``ynorm`` is subtracted. Returns (size, live entries scanned since the last one that entered
-    the heap, whether any entered).
+    ``sc = (codes, mul, add, sub)`` by code slot. The code dot product is ``sum qw_t c_t`` for 8-bit codes;
+    for 4-bit ones, with ``f`` the code byte, ``sum_t qa_t f + qb_t floor(f / 16)``, which equals the split-half
+    ``sum_j w_j u_j`` for ``qa = w_lo``, ``qb = w_hi - 16 w_lo`` (float arithmetic only: it vectorises 16 lanes
+    wide). The score is ``mul[r] * dot + add[r] * sigma`` when ``mul`` is given (LVQ codes: scale and bias), else
+    the dot itself; for ``l2`` ``sub[r]`` (a squared norm) is subtracted. Returns (size, live entries scanned
+    since the last one that entered the heap, whether any entered).
     """
+    codes, mul, add, sub = sc
     since = 0
     entered = False
-    h = qa.shape[0]
+    w = codes.shape[1]
+    affine = mul.shape[0] > 0
     for j in range(lo, min(hi, lo + PREFETCH_AHEAD)):
-        _prefetch_code(codes, lst[j] & ROW_MASK, h)
+        _prefetch_code(codes, lst[j] & ROW_MASK, w)
     for j in range(lo, hi):
         if j + PREFETCH_AHEAD < hi:
-            _prefetch_code(codes, lst[j + PREFETCH_AHEAD] & ROW_MASK, h)
+            _prefetch_code(codes, lst[j + PREFETCH_AHEAD] & ROW_MASK, w)
         r = lst[j] & ROW_MASK
         if r == DEAD:
             continue
         since += 1
         s = np.float32(0.0)
-        for t in range(h):
-            f = np.float32(codes[r, t])
-            s += qa[t] * f + qb[t] * np.floor(f * np.float32(0.0625))
+        if bits == 4:
+            for t in range(w):
+                f = np.float32(codes[r, t])
+                s += qa[t] * f + qb[t] * np.floor(f * np.float32(0.0625))
+        else:
+            for t in range(w):
+                s += qw[t] * np.float32(codes[r, t])
+        if affine:
+            s = s * mul[r] + add[r] * sigma
         if kind != IP:
-            s -= ynorm[r]
+            s -= sub[r]
         if _beats(hs, hr, size, cap, s, r):
             size = _hpush(hs, hr, size, cap, s, r)
             since = 0
@@ -459,22 +523,19 @@ def _scan_codes(qa, qb, codes, ynorm, lst, lo, hi, kind, hs, hr, size, cap):
 
 
 @njit(**_FLAGS)
-def _rescore(q, data, slot_row, hr, size, kind, ks, kr, k):
-    """Exact scores of the ``size`` candidate slots in ``hr`` into the top-``k`` heap of table rows."""
-    d = q.shape[0]
+def _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, ks, kr, k):
+    """Scores of the ``size`` candidate slots in ``hr`` from the rows (``_row_score``) into the top-``k`` heap of
+    table rows."""
+    data, rcodes, rres, rscale, rbias, rsqn, rmean, rbits = rs
     for j in range(size):
-        _prefetch_row(data, slot_row[hr[j]], d)
+        if data.shape[0] > 0:
+            _prefetch_row(data, slot_row[hr[j]], data.shape[1])
+        else:
+            _prefetch_code(rcodes, slot_row[hr[j]], rcodes.shape[1])
     m = 0
     for j in range(size):
         r = slot_row[hr[j]]
-        sc = np.float32(0.0)
-        if kind == IP:
-            for t in range(d):
-                sc += q[t] * data[r, t]
-        else:
-            for t in range(d):
-                z = q[t] - data[r, t]
-                sc -= z * z
+        sc = _row_score(q, qa1, qb1, qmu, qsum, qsq, data, rcodes, rres, rscale, rbias, rsqn, rbits, kind, r)
         if _beats(ks, kr, m, k, sc, r):
             m = _hpush(ks, kr, m, k, sc, r)
     return m
@@ -490,45 +551,87 @@ def _write(ks, kr, m, out_s, out_r):
 
 
 @njit(**_FLAGS)
+def _query_codes(q, cd, kind, qn, qa, qb, qw):
+    """The query in scan-code space: ``qn = P q * pscale - poff`` (``P^T`` int8 ``[D, p]``; no projection when it
+    has no rows: ``qn = q - poff``), then the code weights ``w = (qn + poff) * scale`` (``ip``) or
+    ``2 qn * scale`` (``l2``) laid out for 4-bit (``qa``/``qb``) and 8-bit (``qw``) codes. Returns ``sum(w)``."""
+    projt, pscale, poff, scale, bits = cd
+    p = poff.shape[0]
+    if projt.shape[0] > 0:
+        # axpy over the rows of the int8 P^T (no horizontal sums; a quarter of the bytes of float32)
+        for j in range(p):
+            qn[j] = 0.0
+        for t in range(q.shape[0]):
+            qt = q[t]
+            for j in range(p):
+                qn[j] += qt * np.float32(projt[t, j])
+        for j in range(p):
+            qn[j] = qn[j] * pscale[j] - poff[j]
+    else:
+        for j in range(p):
+            qn[j] = q[j] - poff[j]
+    sigma = np.float32(0.0)
+    for j in range(p):
+        wj = (qn[j] + poff[j]) if kind == IP else np.float32(2.0) * qn[j]
+        qw[j] = wj * scale[j]
+        sigma += qw[j]
+    if bits == 4:
+        h = qa.shape[0]
+        for j in range(h):
+            qa[j] = qw[j]
+            qb[j] = (qw[h + j] if h + j < p else np.float32(0.0)) - np.float32(16.0) * qw[j]
+    return sigma
+
+
+@njit(**_FLAGS)
 def _search_one(
-    q, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    q, rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, wf, wi, out_s, out_r,
 ):  # fmt: skip
     """Top-k of one query over one tenant (curator.md §2.6-2.7, with scan codes); returns entries scanned.
 
-    * At most ``exact_max`` entries, or an untrained tree: exact scan of everything (full precision).
-    * At most ``flat_max`` entries: every code is scanned (no tree walk), then the rescoring below.
+    * At most ``exact_max`` entries, or an untrained tree: every row is scored from the rows (``rs``).
+    * At most ``flat_max`` entries: every scan code is scanned (no tree walk), then the rescoring below.
     * Otherwise best-first over the tenant's subtree: the frontier holds tree nodes whose subtree holds some
       of the tenant's entries, by priority ``pbias[c] - 2 q' . pcent[c]``. A popped node with at most ``max_sl``
-      entries (a shortlist), or a GCT leaf, is scanned from the 4-bit codes into a candidate heap of capacity
+      entries (a shortlist), or a GCT leaf, is scanned from the scan codes into a candidate heap of capacity
       ``max(cands, k)``; a larger node is expanded into its non-empty children (a binary search each).
       The search stops, at a shortlist boundary, once the last ``ef`` scanned entries left the candidate heap
       unchanged (v2's early stop, counted in candidates), or when the frontier is empty.
-    * The best ``rerank`` candidates are rescored exactly from ``data``; the top k are written out.
+    * The best ``rerank`` candidates are rescored from the rows; the top k are written out.
 
-    Entries hold code slots; ``slot_row`` maps them to table rows (heaps of exact scores hold rows).
-    ``cd = (P^T as int8 [d, p], its column scales [p], P mu [p], code scales [p])``; ``wf``/``wi`` are
-    float32/int64 workspaces (``_workspace``).
+    Entries hold code slots; ``slot_row`` maps them to table rows (heaps of row scores hold rows).
+    ``rs = (data, codes, residual, scale, bias, sqnorm, mean, bits)`` are the rows (``_row_score``);
+    ``sc = (codes, mul, add, sub)`` the scan codes by slot and ``cd = (P^T int8 [D, p], its column scales [p],
+    offset [p], per-coordinate code scale [p], code bits)`` their query side (``_query_codes``); ``wf``/``wi``
+    are float32/int64 workspaces (``_workspace``).
     """
     n = main.shape[0]
+    rcodes = rs[1]
+    h1 = rcodes.shape[1] if rs[7] == 4 else 0
+    qa1 = wf[0:h1]
+    qb1 = wf[h1 : 2 * h1]
+    qmu, qsum, qsq = _row_query(q, rcodes, rs[6], rs[7], qa1, qb1)
+    o = 2 * h1
     if n + nt <= exact_max or topo[1, 0] == 0:
-        ks = wf[:k]
+        ks = wf[o : o + k]
         kr = wi[:k]
-        m = _scan_full(q, data, slot_row, tail, 0, nt, kind, ks, kr, 0, k)
-        m = _scan_full(q, data, slot_row, main, 0, n, kind, ks, kr, m, k)
+        m = _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, 0, nt, kind, ks, kr, 0, k)
+        m = _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, main, 0, n, kind, ks, kr, m, k)
         _write(ks, kr, m, out_s, out_r)
         return n + nt
-    projt, pscale, poff, scale = cd
-    p = poff.shape[0]
-    h = p // 2
+    bits = cd[4]
+    p = cd[2].shape[0]
+    h = (p + 1) // 2
     pn = pcent.shape[1]
     cap = max(cands, k)
     r2 = max(min(rerank, cap), k)
     nn = topo.shape[1]
-    qn = wf[0:p]
-    qa = wf[p : p + h]
-    qb = wf[p + h : 2 * p]
-    o = 2 * p
+    qn = wf[o : o + p]
+    qw = wf[o + p : o + 2 * p]
+    qa = wf[o + 2 * p : o + 2 * p + h]
+    qb = wf[o + 2 * p + h : o + 2 * p + 2 * h]
+    o += 2 * p + 2 * h
     hs = wf[o : o + cap]
     ks = wf[o + cap : o + cap + k]
     fs = wf[o + cap + k : o + cap + k + nn]
@@ -537,27 +640,13 @@ def _search_one(
     fn = wi[cap + k : cap + k + nn]
     flo = wi[cap + k + nn : cap + k + 2 * nn]
     fhi = wi[cap + k + 2 * nn : cap + k + 3 * nn]
-    # q' = P q - P mu, as axpy over the rows of the int8 P^T (no horizontal sums; a quarter of the bytes)
-    for j in range(p):
-        qn[j] = 0.0
-    for t in range(q.shape[0]):
-        qt = q[t]
-        for j in range(p):
-            qn[j] += qt * np.float32(projt[t, j])
-    for j in range(p):
-        qn[j] = qn[j] * pscale[j] - poff[j]
-    for j in range(h):
-        # code scores: sum_j w_j scale_j u_j with w = P q (ip) or 2 q' (l2); the -7.5 offset is a constant
-        wl = (qn[j] + poff[j]) if kind == IP else np.float32(2.0) * qn[j]
-        wh = (qn[h + j] + poff[h + j]) if kind == IP else np.float32(2.0) * qn[h + j]
-        qa[j] = wl * scale[j]
-        qb[j] = wh * scale[h + j] - np.float32(16.0) * qa[j]
-    size, _, _ = _scan_codes(qa, qb, codes, ynorm, tail, 0, nt, kind, hs, hr, 0, cap)
+    sigma = _query_codes(q, cd, kind, qn, qa, qb, qw)
+    size, _, _ = _scan_codes(qa, qb, qw, sigma, sc, bits, tail, 0, nt, kind, hs, hr, 0, cap)
     scanned = nt
     # a tenant of at most flat_max entries: its codes are scanned whole (cheaper than walking the tree)
     fsize = 0 if n <= flat_max else _fpush(fs, fn, flo, fhi, 0, np.float32(0.0), 0, 0, n)
     if n <= flat_max:
-        size, _, _ = _scan_codes(qa, qb, codes, ynorm, main, 0, n, kind, hs, hr, size, cap)
+        size, _, _ = _scan_codes(qa, qb, qw, sigma, sc, bits, main, 0, n, kind, hs, hr, size, cap)
         scanned += n
     misses = 0
     qnode = qn[:pn]
@@ -567,7 +656,7 @@ def _search_one(
         hi = fhi[0]
         fsize = _fpop(fs, fn, flo, fhi, fsize)
         if hi - lo <= max_sl or topo[1, node] == 0:
-            size, since, entered = _scan_codes(qa, qb, codes, ynorm, main, lo, hi, kind, hs, hr, size, cap)
+            size, since, entered = _scan_codes(qa, qb, qw, sigma, sc, bits, main, lo, hi, kind, hs, hr, size, cap)
             scanned += hi - lo
             misses = since if entered else misses + since
             if misses >= ef:
@@ -587,36 +676,35 @@ def _search_one(
             start = stop
     while size > r2:
         size = _pop_worst(hs, hr, size)
-    m = _rescore(q, data, slot_row, hr, size, kind, ks, kr, k)
+    m = _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, ks, kr, k)
     _write(ks, kr, m, out_s, out_r)
     return scanned
 
 
 @njit(**_FLAGS)
-def _workspace(p, nn, k, cands):
+def _workspace(rs, cd, nn, k, cands):
     """Float32 and int64 scratch arrays large enough for one ``_search_one`` call."""
     cap = max(cands, k)
-    return np.empty(2 * p + cap + k + nn, np.float32), np.empty(cap + k + 3 * nn, np.int64)
+    p = cd[2].shape[0]
+    h1 = rs[1].shape[1] if rs[7] == 4 else 0
+    nf = 2 * h1 + 2 * p + 2 * ((p + 1) // 2) + cap + k + nn
+    return np.empty(nf, np.float32), np.empty(cap + k + 3 * nn, np.int64)
 
 
 @njit(**_FLAGS)
 def search(
-    queries, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    queries, rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, out_s, out_r,
 ):  # fmt: skip
     """Serial batch: each query row searched in turn into ``out_s``/``out_r``. Returns entries scanned.
 
-    ``cd`` is the codec of ``engine.index.curator._Codec``; ``codes``/``ynorm`` its codes, by code slot.
+    ``rs``, ``sc`` and ``cd`` are as in ``_search_one``.
     """
-    if main.shape[0] + nt <= exact_max or topo[1, 0] == 0:
-        wf = np.empty(k, np.float32)
-        wi = np.empty(k, np.int64)
-    else:
-        wf, wi = _workspace(cd[2].shape[0], topo.shape[1], k, cands)
+    wf, wi = _workspace(rs, cd, topo.shape[1], k, cands)
     total = 0
     for i in range(queries.shape[0]):
         total += _search_one(
-            queries[i], data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
+            queries[i], rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
             max_sl, exact_max, flat_max, kind, wf, wi, out_s[i], out_r[i],
         )  # fmt: skip
     return total
@@ -624,13 +712,13 @@ def search(
 
 @njit(**_PAR)
 def search_parallel(
-    queries, data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    queries, rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, out_s, out_r,
 ):  # fmt: skip
     """The same, one query per thread."""
     for i in prange(queries.shape[0]):
-        wf, wi = _workspace(cd[2].shape[0], topo.shape[1], k, cands)
+        wf, wi = _workspace(rs, cd, topo.shape[1], k, cands)
         _search_one(
-            queries[i], data, slot_row, codes, ynorm, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
+            queries[i], rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
             max_sl, exact_max, flat_max, kind, wf, wi, out_s[i], out_r[i],
         )  # fmt: skip

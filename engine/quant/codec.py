@@ -252,6 +252,68 @@ class Codec:
     def _needs_sqnorms(self) -> bool:
         return self.projection is not None and metrics.KERNEL_METRIC[self.metric] == "l2"
 
+    # -- the split an index makes: scan codes (by the index) and rows (by the table) ---------------
+    @property
+    def scan_encoding(self) -> str:
+        """The encoding a scan reads: the primary at its first level (``lvq4x8`` -> ``lvq4``)."""
+        return "lvq4" if self.primary.encoding == "lvq4x8" else self.primary.encoding
+
+    @property
+    def rows_level(self) -> _Level:
+        """What a table keeps per row to rerank (and to answer small tenants) with: the secondary, or the
+        primary with all its levels when there is no secondary."""
+        return self.primary if self.secondary is None else self.secondary
+
+    def encode_scan(self, prepared: np.ndarray) -> Codes:
+        """First-level primary codes of ``prepared`` rows (float32 ``[n, D]``, already prepared for the metric)."""
+        x = np.ascontiguousarray(prepared, np.float32)
+        reduced = x if self.projection is None else self.projection.project_data(x)
+        codes = self.primary.encode(reduced)
+        return codes.primary_level() if isinstance(codes, lvq.LVQCodes) else codes
+
+    def encode_rows(self, prepared: np.ndarray) -> Codes:
+        """The rows' rerank codes (``rows_level``) of ``prepared`` rows (float32 ``[n, D]``)."""
+        return self.rows_level.encode(np.ascontiguousarray(prepared, np.float32))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned parts as arrays (the configuration itself is stored with the collection)."""
+        out: dict[str, np.ndarray] = {}
+        for name, level in (("primary", self.primary), ("secondary", self.secondary)):
+            if level is not None and level.mean is not None:
+                out[f"{name}_mean"] = level.mean
+        if self.projection is not None:
+            out["data_matrix"] = self.projection.data_matrix
+            out["query_matrix"] = self.projection.query_matrix
+            out["projection_info"] = np.frombuffer(
+                f"{self.projection.kind}|{self.projection.method}|{self.projection.loss!r}".encode(), np.uint8
+            ).copy()
+        return out
+
+    @classmethod
+    def from_state(cls, config: LVQ | LeanVec, metric: str, dim: int, state: dict[str, np.ndarray]) -> Codec:
+        """The codec ``state()`` saved, for ``config``; ``ValueError`` when the arrays do not fit it."""
+        try:
+            if isinstance(config, LVQ):
+                return cls(config, metric, dim, _Level(config.encoding, np.asarray(state["primary_mean"], np.float32)))
+            kind, method, loss = bytes(np.asarray(state["projection_info"], np.uint8)).decode().split("|")
+            proj = leanvec.Projection(
+                np.asarray(state["data_matrix"], np.float32),
+                np.asarray(state["query_matrix"], np.float32),
+                kind,
+                method,
+                float(loss),
+            )
+            if proj.in_dim != dim or proj.out_dim != config.dim:
+                raise ValueError(f"saved projection is {proj.in_dim} -> {proj.out_dim}, not {dim} -> {config.dim}")
+            primary = "lvq4" if config.primary == "lvq4x8" else config.primary
+            levels = [
+                _Level(enc, None if enc == "float32" else np.asarray(state[f"{name}_mean"], np.float32))
+                for name, enc in (("primary", primary), ("secondary", config.secondary))
+            ]
+            return cls(config, metric, dim, levels[0], levels[1], proj)
+        except KeyError as e:
+            raise ValueError(f"saved codec lacks {e}") from None
+
     def describe(self) -> dict[str, object]:
         """What this codec stores, for stats and benchmarks."""
         out: dict[str, object] = {

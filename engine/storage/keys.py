@@ -14,6 +14,7 @@ admin key              ``A``                                       sha256(admin 
 vector                 ``V`` + col u32 + id                        owner u32 + float32 row (as given)
 grant                  ``G`` + col u32 + id + tenant u32           empty
 index state            ``I`` + col u32 + name                      opaque bytes owned by the index
+codec                  ``P`` + col u32 + name                      one ``.npy`` array of the learned codec
 =====================  ==========================================  =====================================
 """
 
@@ -24,6 +25,7 @@ import struct
 import numpy as np
 
 COUNTER, COLLECTION, TENANT, API_KEY, ADMIN, VECTOR, GRANT, INDEX = (b"N", b"C", b"T", b"K", b"A", b"V", b"G", b"I")
+CODEC = b"P"
 _SIGN = 1 << 63
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -90,6 +92,10 @@ def grant(col: int, i: int, tenant_no: int) -> bytes:
 
 def index_state(col: int, name: str) -> bytes:
     return INDEX + u32(col) + name.encode()
+
+
+def codec(col: int, name: str) -> bytes:
+    return CODEC + u32(col) + name.encode()
 
 
 def vector_value(owner: int, row: np.ndarray) -> bytes:

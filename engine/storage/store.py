@@ -52,6 +52,10 @@ class Store:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """Values of many keys in one call (RocksDB multi-get)."""
+        return list(self._db.get(keys)) if keys else []
+
     def write(self, batch: Batch) -> None:
         """Apply the batch atomically and durably (WAL synced) or raise ``Internal``."""
         if self._closed:
