@@ -4,9 +4,10 @@
 
 One search thread (numba and faiss), k = 10, one query per call (as a service sees them), no tenant filter,
 both query sets of the real data set (``queries_id``, ``queries_ood``; the first ``--queries`` are measured
-and the rest is the held-out query sample LeanVec-OOD learns from). Grove side: until the Curator tree index
-is integrated, every Grove configuration is a flat scan of its primary codes over all rows, followed by a
-rerank of ``candidates`` rows with the secondary codes; ``candidates`` is the recall knob. faiss IVF-SQ8,
+and the rest is the held-out query sample LeanVec-OOD learns from). Grove side: a collection per configuration
+through the embedded SDK, trained and indexed (Curator tree over the primary codes, rerank from the rows),
+swept over ``ef``. A second part repeats float32, LVQ-8 and LeanVec-OOD with the real tenants (owners and
+team grants) on the filtered tenant queries (``--tenant-queries``). faiss IVF-SQ8,
 IVF-PQ and HNSW-SQ8 are built in the same run (builds may use 2 threads; searches use 1). Also times
 learning the projections on a synthetic 100k x 384 set with 10k queries.
 
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,34 +50,99 @@ def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
 # ---------------------------------------------------------------------------------------------
 # methods
 # ---------------------------------------------------------------------------------------------
-def grove_methods(base: np.ndarray, q_train: np.ndarray):
-    """(name, build seconds, bytes per vector, search factory(param) -> fn, sweep) for each Grove codec."""
-    from engine.quant.codec import build_codec
-    from engine.types import LVQ, LeanVec
+def grove_methods(base: np.ndarray, q_train: np.ndarray, tmp: Path):
+    """(name, build seconds, RAM bytes per vector, search factory(ef) -> fn, sweep, info) per Grove collection.
 
-    rows = np.arange(len(base), dtype=np.int64)
+    Each is a collection of the embedded SDK holding every vector as one tenant, trained (``train_compression``
+    with the held-out queries) and indexed (``build_index``): the Curator tree scans the primary codes and the
+    rows rerank. RAM per vector is the collection's ``stats()["total_bytes"]`` (rows, scan codes, tree, id map,
+    ACL) over the vector count.
+    """
+    from grove_client import LVQ, Client, LeanVec
+
+    sweep = [None, 256, 512, 1024, 1536, 2048, 3072, 4096]
     configs = [
-        ("Grove float32 (exact)", None, [None]),
-        ("Grove LVQ-8", LVQ(8), [None]),
-        ("Grove LVQ-4x8", LVQ(4, 8), [10, 20, 50]),
-        ("Grove LeanVec-ID 128 + LVQ-8/LVQ-8", LeanVec(128, "id", "lvq8", "lvq8"), [10, 20, 30, 50, 80, 120, 200]),
-        ("Grove LeanVec-OOD 128 + LVQ-8/LVQ-8", LeanVec(128, "ood", "lvq8", "lvq8"), [10, 20, 30, 50, 80, 120, 200]),
-        ("Grove LeanVec-OOD 128 + LVQ-8/LVQ-4", LeanVec(128, "ood", "lvq8", "lvq4"), [20, 50, 120, 200]),
+        ("Grove float32", None),
+        ("Grove LVQ-8", LVQ(8)),
+        ("Grove LVQ-4x8", LVQ(4, 8)),
+        ("Grove LeanVec-ID 128 + LVQ-8/LVQ-8", LeanVec(128, "id", "lvq8", "lvq8")),
+        ("Grove LeanVec-OOD 128 + LVQ-8/LVQ-8", LeanVec(128, "ood", "lvq8", "lvq8")),
+        ("Grove LeanVec-OOD 128 + LVQ-4/LVQ-8", LeanVec(128, "ood", "lvq4", "lvq8")),
     ]
-    for name, cfg, sweep in configs:
+    ids = np.arange(len(base), dtype=np.int64)
+    for i, (name, cfg) in enumerate(configs):
+        client = Client(path=tmp / f"grove-{i}-{time.monotonic_ns()}")
+        col = client.create_collection("bench", dim=base.shape[1], metric="ip", compression=cfg)
+        for s in range(0, len(ids), 5000):
+            col.upsert(ids[s : s + 5000], base[s : s + 5000], tenant="all")
         t0 = time.perf_counter()
-        codec = build_codec(cfg, base, q_train, metric="ip")
-        enc = codec.encode(base)
+        if cfg is not None:
+            col.train_compression(query_sample=q_train)
+        col.build_index()
         build = time.perf_counter() - t0
+        stats = col.stats()
 
-        def factory(param, codec=codec, enc=enc):
+        def factory(ef, col=col):
+            kw = {} if ef is None else {"ef": ef}
+
             def search(q):
-                return codec.search(codec.prepare_queries(q), enc, rows, K, candidates=param)[1][0]
+                return np.asarray(col.search(q, k=K, tenant="all", **kw).ids)[0]
 
             return search
 
-        info = codec.describe()
-        yield name, build, enc.nbytes / len(base), factory, sweep, info
+        info = {k: stats[k] for k in ("code_bytes_per_vector", "vectors_bytes", "scan_codes_bytes") if k in stats}
+        yield name, build, stats["total_bytes"] / stats["vectors"], factory, sweep, info
+
+
+def tenant_runs(data: Path, base: np.ndarray, q_train: np.ndarray, nq: int, tmp: Path) -> list[dict]:
+    """float32, LVQ-8 and LeanVec-OOD collections holding the real tenants (owners + grants), searched with the
+    filtered tenant queries: recall@10 (tie-aware, against the filtered ground truth) and QPS per ef."""
+    from grove_client import LVQ, Client, LeanVec
+
+    owner = np.load(data / "base_tenant.npy")
+    offs, members = np.load(data / "tenant_offsets.npy"), np.load(data / "tenant_members.npy")
+    names = [t["name"] for t in json.loads((data / "tenants.json").read_text())]
+    tq, qv = np.load(data / "tenant_queries.npy")[:nq], np.load(data / "tenant_queries.f32.npy")[:nq]
+    gt, gts = np.load(data / "gt_tenant_top10_ids.npy")[:nq], np.load(data / "gt_tenant_top10_scores.npy")[:nq]
+    out = []
+    for i, (name, cfg) in enumerate(
+        [("Grove float32", None), ("Grove LVQ-8", LVQ(8)), ("Grove LeanVec-OOD 128 + LVQ-8/LVQ-8", LeanVec(128, "ood"))]
+    ):
+        client = Client(path=tmp / f"tenants-{i}")
+        col = client.create_collection("bench", dim=base.shape[1], metric="ip", compression=cfg)
+        for t in np.unique(owner):
+            rows = np.flatnonzero(owner == t)
+            col.upsert(rows.astype(np.int64), base[rows], tenant=names[t])
+        for t in range(len(names)):
+            vis = members[offs[t] : offs[t + 1]]
+            vis = vis[owner[vis] != t]
+            if len(vis):
+                col.grant(vis.astype(np.int64), tenant=names[t])
+        t0 = time.perf_counter()
+        if cfg is not None:
+            col.train_compression(query_sample=q_train)
+        col.build_index()
+        build = time.perf_counter() - t0
+        stats = col.stats()
+        curve = []
+        for ef in (None, 64, 128, 256, 512, 1024):
+            kw = {} if ef is None else {"ef": ef}
+            got = np.full((nq, K), -1, np.int64)
+            col.search(qv[:1], k=K, tenant=names[int(tq[0, 2])], **kw)
+            t0 = time.perf_counter()
+            for j in range(nq):
+                ids = np.asarray(col.search(qv[j : j + 1], k=K, tenant=names[int(tq[j, 2])], **kw).ids)[0]
+                got[j, : len(ids)] = ids
+            qps = nq / (time.perf_counter() - t0)
+            rec = tie_aware_recall(got, true_scores(base, qv, got), gt, gts, k=K)
+            curve.append(dict(param=ef, recall=rec, qps=qps))
+            print(f"tenants {name:40s} ef={ef!s:5s} recall@10={rec:.4f} qps={qps:8.1f}", flush=True)
+        out.append(
+            dict(set="tenants", method=name, build_s=build, bytes_per_vector=stats["total_bytes"] / stats["vectors"],
+                 curve=curve, info={})
+        )  # fmt: skip
+        client.close()
+    return out
 
 
 def faiss_methods(base: np.ndarray, build_threads: int):
@@ -163,6 +230,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--tenant-queries", type=int, default=1000, help="filtered tenant queries measured (0: skip)")
     a = ap.parse_args()
 
     import numba
@@ -191,11 +259,10 @@ def main() -> None:
         "queries_per_set": a.queries,
     }
     print(json.dumps(env))
-    print("Grove side: a FLAT scan of the compressed primary codes over all rows + rerank (no Curator tree yet)")
-
     results = []
+    tmp = Path(tempfile.mkdtemp(prefix="grove-leanvec-"))
     for qset, s in sets.items():
-        methods = list(grove_methods(base, s["train"]))
+        methods = list(grove_methods(base, s["train"], tmp))
         if not a.skip_faiss and qset == "id":
             faiss_built = list(faiss_methods(base, a.build_threads))
         methods += [] if a.skip_faiss else faiss_built
@@ -207,6 +274,8 @@ def main() -> None:
                 curve.append(dict(param=param, recall=rec, qps=qps))
                 print(f"{qset:3s} {name:40s} param={param!s:5s} recall@10={rec:.4f} qps={qps:8.1f}", flush=True)
             results.append(dict(set=qset, method=name, build_s=build, bytes_per_vector=nbytes, curve=curve, info=info))
+    if a.tenant_queries:
+        results += tenant_runs(data, base, sets["ood"]["train"], a.tenant_queries, tmp)
     env["load_avg_end"] = os.getloadavg()
     print("training the projections on 100k x 384 + 10k queries ...", flush=True)
     train = training_time()
@@ -228,8 +297,9 @@ def render_table(results, env, train) -> str:
         "# LeanVec / LVQ benchmark",
         "",
         f"N = {env['n']} x {env['dim']} (real documentation embeddings), {env['queries_per_set']} queries per set, "
-        "k = 10, one search thread, one query per call, no tenant filter. Grove = flat scan of the primary codes "
-        "+ rerank (the Curator tree index is not integrated yet). Noisy shared 2-core machine "
+        "k = 10, one search thread, one query per call through the embedded SDK, no tenant filter (one tenant owns "
+        "every vector). Grove = a collection with the Curator index (tree walk over the primary scan codes, rerank "
+        "from the rows), swept over ef (None = the default). Noisy shared 2-core machine "
         f"(load average {env['load_avg_start'][0]:.1f} at start, {env['load_avg_end'][0]:.1f} at end): "
         "compare within the run.",
         "",
@@ -251,7 +321,11 @@ def render_table(results, env, train) -> str:
         )
     lines += ["", "Projection training on 100k x 384 vectors + 10k queries (synthetic, shifted), seconds:", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in train.items()]
-    lines += ["", "Grove bytes/vec = codes + per-vector constants (no ids/ACL); faiss = serialized index / N."]
+    lines += [
+        "",
+        "Grove bytes/vec = the collection's RAM (stats total_bytes: rows, scan codes, tree, shortlists, id map) / N;",
+        "faiss = serialized index / N. Grove float32 keeps the float32 rows *and* 4-bit PCA scan codes.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -261,8 +335,9 @@ def plot(results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
-    for ax, qset in zip(axes, ("id", "ood")):
+    sets = [q for q in ("id", "ood", "tenants") if any(r["set"] == q for r in results)]
+    fig, axes = plt.subplots(1, len(sets), figsize=(7 * len(sets), 6), sharey=True)
+    for ax, qset in zip(axes, sets):
         for r in results:
             if r["set"] != qset:
                 continue
@@ -273,7 +348,8 @@ def plot(results, path: Path) -> None:
         ax.set_xscale("logit")
         ax.set_yscale("log")
         ax.set_xlabel("recall@10 (tie-aware; 1.0 drawn at 0.9995)")
-        ax.set_title(f"queries_{qset}: 1 thread, k=10, Grove = flat scan + rerank")
+        what = "filtered tenant queries" if qset == "tenants" else f"queries_{qset}, no filter"
+        ax.set_title(f"{what}: 1 thread, k=10, Grove = Curator index over codes")
         ax.grid(True, which="both", alpha=0.3)
         ax.axvline(0.95, color="grey", lw=0.8)
     axes[0].set_ylabel("queries per second")
