@@ -26,11 +26,15 @@ Design, and where it departs from the paper
   O(log n) plus amortised O(n / TAIL_CAP) copying.
 * **Scan codes** (not in the paper; they are what makes a gather scan competitive with per-tenant indexes,
   whose vectors are contiguous): each placed row has a 4-bit code of its top ``code_dim`` principal
-  coordinates (``code_dim / 2`` bytes, ``_Codec``). A search ranks candidates by their codes (two cache lines
-  per candidate instead of 24 for a 384-d float32 vector) and rescores the best ``rerank`` from the float32
-  vectors in the table, so the returned scores are exact. Codes sit in *code slots* handed out in leaf order
-  by bulk placement and ``compact()``, so the codes of a shortlist lie close together (measured: a third
-  less scan time than codes indexed by table row); rows inserted later take free or new slots.
+  coordinates (``code_dim / 2`` bytes, ``scancodes.PCACodes``). A search ranks candidates by their codes (two
+  cache lines per candidate instead of 24 for a 384-d float32 vector) and rescores the best ``rerank`` from
+  the float32 vectors in the table, so the returned scores are exact. Over a compressed table (the table's
+  row store holds a codec's codes) the scan codes are the codec's primary (``scancodes.PrimaryCodes``, e.g.
+  LVQ-8 of the LeanVec projection) and the rescoring reads the rows' secondary codes, so scores are those of
+  the secondary encoding; routing and codes then use vectors decoded from the rows. Codes sit in *code
+  slots* handed out in leaf order by bulk placement and ``compact()``, so the codes of a shortlist lie close
+  together (measured: a third less scan time than codes indexed by table row); rows inserted later take
+  free or new slots.
 * **Search (§2.6-2.7)**: best-first over the tenant's subtree by the distance of the projected query to the
   projected centroids (v2's variance boost is available, but measured worse on the shared data, so it
   defaults to 0); shortlists are scanned into a candidate heap; the search stops once the last ``ef``
