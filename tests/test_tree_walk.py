@@ -1,0 +1,124 @@
+"""The Curator search kernel's scan-code scoring (``engine.kernels.tree``) against a numpy reference.
+
+``_query_codes`` + ``_scan_codes`` must rank entries like the plain float formula of the scan codes
+(``engine.index.scancodes``): ``mul * <w, c> + add * sum(w) [- sub]``, with ``c`` the 8-bit code or the two
+nibbles of a 4-bit byte. Both the integer path (byte codes of ``FAST_WIDTH`` bytes) and the float path (other
+widths, float32 codes) are checked, with tombstones in the entry list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.kernels import tree as tk
+
+
+def _decoded(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Codes as the vectors they stand for: 8-bit as they are, 4-bit as ``[low nibbles, high nibbles]``."""
+    c = codes.astype(np.float64)
+    if bits == 8:
+        return c
+    return np.concatenate([c.astype(np.int64) & 15, c.astype(np.int64) >> 4], axis=1).astype(np.float64)
+
+
+def _reference(q, cd, sc, bits, kind):
+    """Scores of every code slot in float64, straight from the formulas."""
+    projt, pscale, poff, scale, _ = cd
+    qn = (q.astype(np.float64) @ projt.astype(np.float64)) * pscale - poff if projt.shape[0] else q[: poff.size] - poff
+    w = (qn + poff) * scale if kind == tk.IP else 2.0 * qn * scale
+    codes, mul, add, sub = sc
+    s = _decoded(codes, bits)[:, : w.size] @ w
+    if mul.size:
+        s = s * mul + add * w.sum()
+    if kind != tk.IP:
+        s = s - sub
+    return s
+
+
+def _case(rng, bits, width, kind, affine, dtype=np.uint8, n=600, d=48):
+    p = 2 * width if bits == 4 else width
+    projt = rng.integers(-127, 128, (d, p)).astype(np.int8)
+    pscale = rng.uniform(0.5, 1.5, p).astype(np.float32) / 127
+    poff = rng.normal(0, 0.1, p).astype(np.float32)
+    scale = rng.uniform(0.05, 0.2, p).astype(np.float32)
+    cd = (projt, pscale, poff, scale, bits)
+    if dtype == np.uint8:
+        codes = rng.integers(0, 256, (n, width)).astype(np.uint8)
+    else:
+        codes = rng.normal(0, 1, (n, width)).astype(np.float32)
+    empty = np.zeros(0, np.float32)
+    mul = rng.uniform(0.5, 2.0, n).astype(np.float32) if affine else empty
+    add = rng.normal(0, 1, n).astype(np.float32) if affine else empty
+    sub = rng.uniform(0, 5, n).astype(np.float32) if kind == tk.L2 else empty
+    return cd, (codes, mul, add, sub), rng.normal(0, 1, d).astype(np.float32)
+
+
+def _scan(q, cd, sc, bits, kind, lst, cap):
+    """Run ``_query_codes`` then ``_scan_codes`` over ``lst`` into a top-``cap`` heap: (scores, slots) best first."""
+    p = cd[2].shape[0]
+    h = (p + 1) // 2
+    qn, qw = np.empty(p, np.float32), np.empty(p, np.float32)
+    qa, qb = np.empty(h, np.float32), np.empty(h, np.float32)
+    qi = np.empty(2 * h, np.int16)
+    sigma, iscale = tk._query_codes(q, cd, kind, qn, qa, qb, qw, qi)
+    hs, hr = np.empty(cap, np.float32), np.empty(cap, np.int64)
+    qc = (qa, qb, qw, qi, iscale, sigma)
+    size, since, entered = tk._scan_codes(qc, sc, bits, lst, 0, lst.size, kind, hs, hr, 0, cap)
+    order = np.lexsort((hr[:size], -hs[:size]))
+    return hs[:size][order], hr[:size][order], since, entered
+
+
+CASES = [
+    # bits, width, kind, affine, code dtype: 128-byte byte codes take the integer path, the others the float one
+    (4, tk.FAST_WIDTH, tk.IP, False, np.uint8),  # float32 collections: 4-bit PCA codes
+    (4, tk.FAST_WIDTH, tk.L2, False, np.uint8),
+    (8, tk.FAST_WIDTH, tk.IP, True, np.uint8),  # compressed collections: LVQ-8 primary codes (scale, bias)
+    (8, tk.FAST_WIDTH, tk.L2, True, np.uint8),
+    (4, 40, tk.IP, False, np.uint8),
+    (8, 40, tk.L2, True, np.uint8),
+    (8, 64, tk.IP, False, np.float32),
+]
+
+
+@pytest.mark.parametrize(("bits", "width", "kind", "affine", "dtype"), CASES)
+def test_scan_codes_matches_reference(bits, width, kind, affine, dtype):
+    rng = np.random.default_rng(1000 * bits + width + 10 * kind)
+    cd, sc, q = _case(rng, bits, width, kind, affine, dtype)
+    n = sc[0].shape[0]
+    ref = _reference(q, cd, sc, bits, kind)
+    # entries in a shuffled order with some tombstones, which are skipped
+    lst = rng.permutation(n).astype(np.int64)
+    dead = rng.random(n) < 0.1
+    dead_slots = lst[dead].copy()
+    lst[dead] = tk.DEAD
+    cap = 50
+    scores, slots, since, entered = _scan(q, cd, sc, bits, kind, lst, cap)
+    live = np.sort(lst[~dead])
+    top = live[np.argsort(-ref[live], kind="stable")[:cap]]
+    assert entered and scores.size == cap
+    assert not np.isin(slots, dead_slots).any()
+    # same scores up to the int16 weights' rounding (2^-16 of the largest weight per term) or float rounding
+    tol = 1e-4 * (np.abs(ref).max() + 1.0)
+    np.testing.assert_allclose(scores, ref[slots], rtol=0, atol=tol)
+    # same top set except near-ties at its boundary
+    kth = ref[top[-1]]
+    differ = np.setxor1d(slots, top)
+    assert np.all(np.abs(ref[differ] - kth) <= 2 * tol)
+    # ``since`` counts the live entries after the last one that entered the heap
+    pos = {int(e): i for i, e in enumerate(lst)}
+    last = max(pos[int(s)] for s in slots)
+    assert since == int(np.count_nonzero(lst[last + 1 :] != tk.DEAD))
+
+
+def test_int16_weights_do_not_overflow():
+    """The largest weight times the largest code over the whole width still fits the int32 accumulator."""
+    rng = np.random.default_rng(7)
+    cd, (codes, mul, add, sub), q = _case(rng, 8, tk.FAST_WIDTH, tk.IP, False, n=4)
+    codes[:] = 255
+    projt, pscale, poff, scale, bits = cd
+    scale[:] = 1.0  # all weights of one sign and similar size: sum |qi| c is near its bound
+    projt[:] = 127
+    scores, slots, _, _ = _scan(q, cd, (codes, mul, add, sub), bits, tk.IP, np.arange(4, dtype=np.int64), 4)
+    ref = _reference(q, cd, (codes, mul, add, sub), bits, tk.IP)
+    np.testing.assert_allclose(scores, ref[slots], rtol=1e-4)
