@@ -10,12 +10,11 @@ On the OOD queries of ``../shared/data`` (real query -> positive pairs), over th
    id agreement with faiss and tie-aware recall@100 against the exact ground truth.
 3. Grove ANN after ``col.build_index()``: ``col.search(q, k=100, ef=E)`` (the Curator walk) for an ef sweep, all
    queries in one call and one query per call; recall@100 (tie-aware) against ``gt_ood_top100_ids.npy``; then
-   ``col.mine_hard_negatives(exact=False)`` at the smallest ef reaching recall 0.95 (its measured recall).
+   its figures are for comparison: bulk mining does not use the walk.
 4. Grove leaf probe (``engine.training.ann``: the tree's leaves as an inverted file, for batches): an ``nprobe``
    sweep of ``index_search_fn(col.index, tenant, ef=nprobe x mean leaf size)`` over chunks of 1,024 queries
-   (built per chunk, as mining does); then ``col.mine_hard_negatives(exact=False)`` with the proposed
-   ``Collection._index_search_fn`` (``ann.index_search_fn``; patched in here only) at the smallest nprobe
-   reaching recall 0.95.
+   (built per chunk, as mining does); then ``col.mine_hard_negatives(exact=False)``, which searches with it, at
+   the smallest nprobe reaching recall 0.95.
 5. Mining settings: ``relative_margin=0.05, num_negatives=5, range_max=100``, all positives of each query.
 6. PRF: recall@10 of the primary positive via ``col.search(..., prf=PRF(depth=3, alpha=1.0, beta=b))``, exact
    collection and indexed.
@@ -56,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets import DATA, RealData, qps_at, tie_aware_recall, true_scores  # noqa: E402
 
 from engine import kernels  # noqa: E402
-from engine.db import Collection, Database  # noqa: E402
+from engine.db import RECALL_SAMPLE, Database  # noqa: E402
 from engine.training import ann  # noqa: E402
 from engine.training.search import ScopedVectors  # noqa: E402
 from engine.types import PRF  # noqa: E402
@@ -103,12 +102,6 @@ def probe_search(index, tenant_no: int, q: np.ndarray, depth: int, ef: int) -> n
         search = ann.index_search_fn(index, tenant_no, ef=ef)
         out.append(search(q[s : s + CHUNK], depth)[0])
     return np.concatenate(out)
-
-
-def leaf_probe_index_search_fn(self, tenant_no, ef):
-    """The proposed ``Collection._index_search_fn`` (engine/db.py): mining with ``exact=False`` probes the tree's
-    leaves in batches (``engine.training.ann``); patched in by this benchmark only."""
-    return ann.index_search_fn(self.index, tenant_no, ef=ef)
 
 
 def hit_at(ids: np.ndarray, primary: np.ndarray, k: int = 10) -> float:
@@ -218,17 +211,7 @@ def main() -> None:
             sweep.append((ef, rec, qb, q1))
             add(f"Grove ANN ef={ef}, batch", qb, float((res.ids == f_ids).mean()), rec)
             add(f"Grove ANN ef={ef}, one query per call", q1, None, rec)
-        ok = [s for s in sweep if s[1] >= TARGET_RECALL]
-        ef_mine = ok[0][0] if ok else EFS[-1]
-        t, mined_ann = best_of(
-            a.repeat,
-            lambda: col.mine_hard_negatives(q, positives, tenant=TENANT, exact=False, ef=ef_mine, **MINING),
-        )
-        mine_ann_qps = m / t
-        add(f"Grove mine_hard_negatives(exact=False, ef={ef_mine})", m / t, None, mined_ann.recall)
-        depth = int(mined_ann.stats["depth"])  # the mining call searches this deep (range_max + most positives)
-        t, _ = best_of(a.repeat, lambda: col.search(q, k=depth, tenant=TENANT, ef=ef_mine))
-        add(f"  (its search alone: Collection.search k={depth}, ef={ef_mine}, batch)", m / t)
+        depth = int(mined_exact.stats["depth"])  # the mining call searches this deep (range_max + most positives)
 
         # 4. leaf probe: the tree's leaves as an inverted file, a batch per chunk
         tenant_no = db._tenants.find(TENANT)
@@ -245,25 +228,20 @@ def main() -> None:
                 float((ids == f_ids).mean()), rec)  # fmt: skip
         ok = [s for s in probe_sweep if s[2] >= TARGET_RECALL]
         nprobe_mine, ef_probe = (ok[0][0], ok[0][1]) if ok else probe_sweep[-1][:2]
-        curator_fn = Collection._index_search_fn
-        Collection._index_search_fn = leaf_probe_index_search_fn
-        try:
-            t, mined_probe = best_of(
-                a.repeat,
-                lambda: col.mine_hard_negatives(q, positives, tenant=TENANT, exact=False, ef=ef_probe, **MINING),
-            )
-        finally:
-            Collection._index_search_fn = curator_fn
+        t, mined_probe = best_of(
+            a.repeat,
+            lambda: col.mine_hard_negatives(q, positives, tenant=TENANT, exact=False, ef=ef_probe, **MINING),
+        )
         mine_probe_qps = m / t
         add(f"Grove mine_hard_negatives(exact=False, ef={ef_probe:,}) with the leaf probe", m / t, None,
             mined_probe.recall)  # fmt: skip
         t, _ = best_of(a.repeat, lambda: probe_search(col.index, tenant_no, q, depth, ef_probe))
         add(f"  (its search alone: leaf probe nprobe={nprobe_mine}, depth {depth}, batches of {CHUNK:,})", m / t)
-        t, _ = best_of(a.repeat, lambda: view.search(q[:256], K))
+        t, _ = best_of(a.repeat, lambda: view.search(q[:RECALL_SAMPLE], K))
         exact256 = 256 / t
 
-        # 5b. PRF on the indexed collection, at the index's default ef and at ef_mine
-        for label, ef in ((f"indexed, default ef ({col.index.ef})", None), (f"indexed, ef={ef_mine}", ef_mine)):
+        # 5b. PRF on the indexed collection, at the index's default ef and at a larger one
+        for label, ef in ((f"indexed, default ef ({col.index.ef})", None), ("indexed, ef=3072", 3072)):
             plain = col.search(q, k=10, tenant=TENANT, ef=ef)
             prf_rows["plain"][label] = hit_at(plain.ids, primary)
             top10[label] = plain.recall_at(gt_ids[:, :10])
@@ -293,7 +271,7 @@ def main() -> None:
             + ("HOLDS" if ratio >= 5 else "DOES NOT HOLD")
             + f": best sweep point reaching it is ef={best_ann[0]}, recall {best_ann[1]:.4f}, "
             f"{best_ann[2]:,.0f} q/s batch = {ratio:.2f}x faiss (interpolated QPS at recall {TARGET_RECALL}: "
-            f"{at95:,.0f} = {at95 / qps_faiss:.2f}x); mining at ef={ef_mine}: {mine_ann_qps / qps_faiss:.2f}x faiss"
+            f"{at95:,.0f} = {at95 / qps_faiss:.2f}x); bulk mining does not use the walk (leaf probe below)"
         )
     best_probe = max((s for s in probe_sweep if s[2] >= TARGET_RECALL), key=lambda s: s[3], default=None)
     if best_probe is None:
@@ -316,8 +294,9 @@ def main() -> None:
         f"mining with the leaf probe (exact=False, ef={ef_probe:,}, nprobe={nprobe_mine}): "
         f"{mine_probe_qps / qps_faiss:.2f}x faiss, measured recall {mined_probe.recall:.4f} -> "
         + ("HOLDS" if mine_probe_qps >= 5 * qps_faiss and mined_probe.recall >= TARGET_RECALL else "DOES NOT HOLD")
-        + f" for the whole call: besides its search it measures recall on 256 of every {CHUNK:,} queries with "
-        f"an exact search (the raw kernel, 256 queries per call: {exact256:,.0f} q/s) and the ANN again"
+        + f" for the whole call: besides its search (at depth 161, past the top-100) it applies the margin rules "
+        f"and measures recall on {RECALL_SAMPLE} of every {CHUNK:,} queries with an exact search (the raw kernel, "
+        f"{RECALL_SAMPLE} queries per call: {exact256:,.0f} q/s) and the ANN again"
     )
     at90 = qps_at(curve_batch, 0.9)
     if at90 is not None:
@@ -346,11 +325,10 @@ def main() -> None:
         f"build_index: {t_build:.1f} s (reported {built.get('build_s', 0):.1f} s)",
         "* id match: share of (query, rank) positions whose id equals faiss's; recall@100: tie-aware, against "
         "the exact ground truth `gt_ood_top100_ids.npy` (mining row: `MinedNegatives.recall`, measured by the "
-        "call against exact search on 256 sampled queries per chunk of 1,024)",
+        "call against exact search on `RECALL_SAMPLE` sampled queries per chunk of 1,024)",
         f"* leaf probe: `engine.training.ann.index_search_fn(col.index, tenant, ef=nprobe x mean leaf size "
         f"({mean_leaf:.1f}))`, built and run per chunk of {CHUNK:,} queries (as mining does), so each row includes "
-        "reading the tenant's leaf lists; the mining row uses it as `Collection._index_search_fn` (the proposed "
-        "engine/db.py change, patched in by this benchmark)",
+        "reading the tenant's leaf lists; `mine_hard_negatives(exact=False)` searches with it",
         f"* mining: `relative_margin=0.05, num_negatives=5, range_max=100`, all positives of each query "
         f"(search depth {mined_exact.stats['depth']}); the exact=False call includes its recall measurement",
         "",
@@ -362,9 +340,8 @@ def main() -> None:
         md.append(f"| {name} | {qs} | {ratio} | {match} | {rec} |")
     md += ["", "## Targets", ""] + [f"* {v}" for v in verdicts]
     md += ["", "## Mining statistics", "", "exact:", "", "```", mined_exact.summary(), "```", ""]
-    md += [f"ANN, Curator walk (ef={ef_mine}):", "", "```", mined_ann.summary(), "```", ""]
     md += [f"ANN, leaf probe (ef={ef_probe:,}, nprobe={nprobe_mine}):", "", "```", mined_probe.summary(), "```", ""]
-    for label, mined in (("Curator walk", mined_ann), ("leaf probe", mined_probe)):
+    for label, mined in (("leaf probe", mined_probe),):
         same = float((mined.ids == mined_exact.ids).all(axis=1).mean())
         md += [f"Rows of mined negatives identical between exact and ANN mining ({label}): {same:.4f}", ""]
     cols = list(prf_rows["plain"])

@@ -52,6 +52,9 @@ ADMIN = None  # the principal of the admin key and of the embedded SDK
 #: exact (a scan of the tenant's rows: at most this many, a few milliseconds). ``build_index()`` indexes
 #: earlier, ``configure(auto_index_rows=...)`` moves the threshold per collection.
 AUTO_INDEX_ROWS = 100_000
+#: queries per mining chunk whose approximate results are checked against exact search (``exact=False``): the
+#: check costs about as much as mining ~6x as many queries approximately, so it is kept to a small sample
+RECALL_SAMPLE = 16
 #: the index-state key whose presence says the saved index matches the stored vectors (every write deletes it)
 _CLEAN = "~clean"
 
@@ -592,16 +595,12 @@ class Collection:
                 yield ScopedVectors(self.table.vectors(rows), None, self.table.ids[rows], metric=self.metric)
 
     def _index_search_fn(self, tenant_no: int | None, ef: int | None):
-        """The index's (approximate) tenant search as ``(queries, depth) -> (ids, similarities)``."""
-        from engine.training.search import similarity
+        """The index's (approximate) tenant search as ``(queries, depth) -> (ids, similarities)``, for bulk jobs:
+        each batch probes the tree's leaves as an inverted file (``engine.training.ann``); ``ef`` is about how
+        many of the tenant's vectors each query scores. Call it, and use it, under the read lock."""
+        from engine.training.ann import index_search_fn
 
-        def search(q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-            if tenant_no is None:
-                return np.full((q.shape[0], depth), -1, np.int64), np.full((q.shape[0], depth), -np.inf, np.float32)
-            s, r = self.index.search(q, depth, tenant_no, ef=ef)
-            return np.where(r >= 0, self.table.ids[np.maximum(r, 0)], -1), similarity(self.metric, s)
-
-        return search
+        return index_search_fn(self.index, tenant_no, ef=ef)
 
     def mine_hard_negatives(self, queries, positives, *, tenant: str, **options) -> negatives.MinedNegatives:
         """Hard negatives for each query among the vectors ``tenant`` sees (STAR; sentence-transformers' names).
@@ -629,7 +628,8 @@ class Collection:
         ``range_max``, ``absolute_margin``, ``relative_margin``, ``max_score``, ``min_score``, ``sampling``,
         ``random_negatives``, ``seed``). Candidates, positives' scores and random negatives all come from
         the vectors ``tenant`` sees; a positive it cannot see scores NaN (no existence leak) and sets no
-        margin. ``exact=False`` searches with the index (``ef``) and reports its measured recall against
+        margin. ``exact=False`` probes the index's tree leaves in batches (``ef``: about how many of the
+        tenant's vectors each query scores; default 12% of its leaves) and reports its measured recall against
         exact search on a sample of each chunk. The read lock is held per chunk, not for the whole job.
         """
         tenant = self._acting(tenant, principal)
@@ -649,7 +649,8 @@ class Collection:
                     search, view.score_visible, part_q, part_pos, random_pool=view.pool, row_offset=first, **options
                 )
                 if not exact:
-                    part = replace(part, recall=negatives.measure_recall(search, view.search, part_q, depth))
+                    recall = negatives.measure_recall(search, view.search, part_q, depth, max_queries=RECALL_SAMPLE)
+                    part = replace(part, recall=recall)
             yield first, q.shape[0], part
 
     def dynamic_negatives(

@@ -4,7 +4,8 @@ Spec: a batch search probes, for each query, the ``nprobe`` leaves of highest pr
 the spread bonus of the module docstring) among the leaves the tenant has rows in, and returns the exact
 top-``depth`` of the rows in those leaves, best first, padded with (-inf, -1); it never returns a row the
 tenant does not see. The oracle is a float64 numpy model of that rule, over the sets of rows this test keeps
-for each tenant (owners, grants, revokes, deletes), never over the engine's own ACL.
+for each tenant (owners, grants, revokes, deletes), never over the engine's own ACL; the leaves, centroids and
+spreads it ranks are checked against the index's tree.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ class World:
         done = self.table.revoke(rows, tenant)
         self.index.remove(tenant, done)
         self.sees[tenant] -= set(done.tolist())
+
+    def delete(self, rows: np.ndarray) -> None:
+        for r in rows.tolist():
+            for t in self.table.tenants_of(r):
+                self.index.remove(t, np.array([r], np.int64))
+                self.sees[t].discard(r)
+        self.table.free(rows)
 
     def queries(self, rng: np.random.Generator, m: int = 40) -> np.ndarray:
         q = blobs(rng, m, self.table.dim) + rng.normal(size=(m, self.table.dim)).astype(np.float32)
@@ -133,6 +141,22 @@ def test_result_is_the_exact_top_k_of_the_probed_leaves(rng, metric):
             np.testing.assert_allclose(s[i, :n], want_s, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(s[i, :n], surrogate(metric, q[i : i + 1], world.table.data[r[i, :n]])[0],
                                        rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+def test_leaves_are_the_trees_with_their_centroid_and_sampled_spread(rng):
+    world = World(rng, "l2")
+    probe = ann.LeafProbe(world.index, 3, exact_max=0)
+    ranks, rows = world.index.leaf_members(3)
+    assert sorted(probe.rows.tolist()) == sorted(world.sees[3])
+    for leaf in range(probe.n_leaves):
+        members = probe.rows[probe.ptr[leaf] : probe.ptr[leaf + 1]]
+        rank = ranks[rows == members[0]][0]
+        assert (ranks[np.isin(rows, members)] == rank).all() and (ranks == rank).sum() == members.shape[0]
+        c = world.index.tree.centroids[world.index.tree.leaf_node[rank]]
+        np.testing.assert_array_equal(probe.centroids[leaf], c)
+        sample = world.table.data[members[: ann.SPREAD_SAMPLE]]
+        want = np.sqrt(((sample.astype(np.float64) - c) ** 2).sum(axis=1).mean())
+        np.testing.assert_allclose(probe.spread[leaf], want, rtol=1e-4)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -227,18 +251,20 @@ def test_a_sample_threshold_set_too_high_still_gives_the_exact_top_k():
 
 
 # ---------------------------------------------------------------------------------------------- scope
-def test_never_returns_a_row_the_tenant_cannot_see_after_grants_and_revokes(rng):
+def test_never_returns_a_row_the_tenant_cannot_see_after_grants_revokes_and_deletes(rng):
     world = World(rng, "ip")
     q = world.queries(rng)
     granted = np.array(sorted(world.sees[3] - set(np.flatnonzero(world.table.owner == 3).tolist())), np.int64)
-    world.revoke(granted[: granted.shape[0] // 2], 3)
+    revoked = granted[: granted.shape[0] // 2]
+    world.revoke(revoked, 3)
+    deleted = rng.choice(np.flatnonzero(world.table.owner >= 0), 300, replace=False)
+    world.delete(deleted)
     for tenant in range(4):
         for nprobe in (1, 5, 40):
             s, r = ann.LeafProbe(world.index, tenant, nprobe=nprobe, exact_max=0).search(q, 200)
             check_shape_of_result(s, r, world.sees[tenant])
-    revoked = set(granted[: granted.shape[0] // 2].tolist())
     _, r = ann.LeafProbe(world.index, 3, nprobe=40, exact_max=0).search(q, 200)
-    assert not revoked & set(r.reshape(-1).tolist())
+    assert not (set(revoked.tolist()) | set(deleted.tolist())) & set(r.reshape(-1).tolist())
 
 
 def test_depth_beyond_the_probed_rows_is_padded(rng):

@@ -147,7 +147,9 @@ class Collection:
         absolute_margin, relative_margin, max_score, min_score : score rules (None: off).
         sampling : ``"top"`` (best qualified first) or ``"random"`` (a seeded uniform sample of them).
         random_negatives : extra uniform negatives per query from what ``tenant`` sees (STAR).
-        exact : True searches exactly; False uses the index (``ef``) and reports its measured ``recall``.
+        exact : True searches exactly; False probes the index's tree leaves in batches (``ef``: about how many
+            of the tenant's vectors each query scores; default 12% of its leaves) and reports its measured
+            ``recall`` (checked against exact search on a sample of each chunk).
         seed : every random choice; the same inputs and seed give the same result.
         chunk_size : queries mined per step (the server streams one message per chunk).
 

@@ -1,5 +1,6 @@
 """Training hooks: hard-negative mining (STAR), dynamic negatives (ADORE), topic-aware batches (TAS-Balanced),
-vector pseudo-relevance feedback, and sentence-transformers-ready outputs.
+vector pseudo-relevance feedback, and sentence-transformers-ready outputs; ``engine.training.ann`` is the
+batched approximate search bulk jobs run on an index (the tree's leaves as an inverted file).
 
 Index-agnostic: every function takes the search as a callable, so the caller's tenant scoping holds by
 construction. Importing this package compiles nothing and imports neither faiss, numba nor torch;
