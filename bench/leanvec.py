@@ -50,6 +50,16 @@ def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
 # ---------------------------------------------------------------------------------------------
 # methods
 # ---------------------------------------------------------------------------------------------
+def train_and_index(col, cfg, q_train: np.ndarray) -> tuple[float, dict]:
+    """Learn the collection's codec from the held-out queries (compressed configs) and build its index: the
+    seconds both took, and the collection's stats after."""
+    t0 = time.perf_counter()
+    if cfg is not None:
+        col.train_compression(query_sample=q_train)
+    col.build_index()
+    return time.perf_counter() - t0, col.stats()
+
+
 def grove_methods(base: np.ndarray, q_train: np.ndarray, tmp: Path):
     """(name, build seconds, RAM bytes per vector, search factory(ef) -> fn, sweep, info) per Grove collection.
 
@@ -75,12 +85,7 @@ def grove_methods(base: np.ndarray, q_train: np.ndarray, tmp: Path):
         col = client.create_collection("bench", dim=base.shape[1], metric="ip", compression=cfg)
         for s in range(0, len(ids), 5000):
             col.upsert(ids[s : s + 5000], base[s : s + 5000], tenant="all")
-        t0 = time.perf_counter()
-        if cfg is not None:
-            col.train_compression(query_sample=q_train)
-        col.build_index()
-        build = time.perf_counter() - t0
-        stats = col.stats()
+        build, stats = train_and_index(col, cfg, q_train)
 
         def factory(ef, col=col):
             kw = {} if ef is None else {"ef": ef}
@@ -118,12 +123,7 @@ def tenant_runs(data: Path, base: np.ndarray, q_train: np.ndarray, nq: int, tmp:
             vis = vis[owner[vis] != t]
             if len(vis):
                 col.grant(vis.astype(np.int64), tenant=names[t])
-        t0 = time.perf_counter()
-        if cfg is not None:
-            col.train_compression(query_sample=q_train)
-        col.build_index()
-        build = time.perf_counter() - t0
-        stats = col.stats()
+        build, stats = train_and_index(col, cfg, q_train)
         curve = []
         for ef in (None, 64, 128, 256, 512, 1024):
             kw = {} if ef is None else {"ef": ef}

@@ -464,8 +464,7 @@ class Collection:
         if isinstance(config, LeanVec) and config.kind == "ood" and query_sample is None:
             config = replace(config, kind="id")  # no queries seen yet: the data's own projection until there are
         codec = build_codec(config, self._originals(pick), query_sample, metric=self.metric)
-        table = self.table.with_store(self.table.store)
-        table.compress(codec, source=self._originals)  # re-encoded from the originals, not from older codes
+        table = self.table.compressed(codec, self._originals)  # from the originals, never from older codes
         index = CuratorIndex.build(table, self.metric, table.visible_rows()) if self._indexed() else None
         if index is None:
             index = FlatIndex(table, self.metric)
@@ -482,6 +481,7 @@ class Collection:
         self._checkpoint(index)
         out = {"vectors": float(len(table)), "train_s": time.perf_counter() - t0}
         out.update({k: float(v) for k, v in codec.describe().items() if isinstance(v, (int, float))})
+        out["code_bytes_per_vector"] = out.pop("bytes_per_vector")  # the name stats() gives the same figure
         out["queries"] = float(0 if query_sample is None else query_sample.shape[0])
         return out
 

@@ -33,8 +33,6 @@ def _resized(a: np.ndarray, cap: int, keep: int) -> np.ndarray:
 class DenseRows:
     """float32 rows, prepared for the metric: every score read from them is exact."""
 
-    exact = True
-
     def __init__(self, dim: int, capacity: int) -> None:
         self.dim = dim
         self.data = np.zeros((capacity, dim), np.float32)
@@ -55,10 +53,6 @@ class DenseRows:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return self.data[rows]
 
-    def sqnorms(self, rows: np.ndarray) -> np.ndarray:
-        x = self.data[rows]
-        return np.einsum("ij,ij->i", x, x).astype(np.float32)
-
     def topk(self, queries: np.ndarray, rows: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
         return kernels.topk(queries, self.data, rows, k, metric)
 
@@ -77,8 +71,6 @@ class CodedRows:
     exact squared norm of the original vector (``sqn``), scored as ``2 <q, x~> - |x|^2 - |q|^2``. A float32
     secondary is kept as a dense matrix (``data``).
     """
-
-    exact = False
 
     def __init__(self, codec: Codec, capacity: int) -> None:
         self.codec = codec
@@ -148,10 +140,8 @@ class CodedRows:
         return lvq.decode(self._codes_of(rows), self.mean)
 
     def sqnorms(self, rows: np.ndarray) -> np.ndarray:
-        if self.l2:
-            return self.sqn[rows]
-        x = self.vectors(rows)
-        return np.einsum("ij,ij->i", x, x).astype(np.float32)
+        """The originals' squared norms (kept for ``l2`` only)."""
+        return self.sqn[rows]
 
     def topk(self, queries: np.ndarray, rows: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
         if self.dense:

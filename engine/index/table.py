@@ -1,7 +1,7 @@
 """The in-memory rows of one collection: vectors, their external ids, owners and grants (the ACL).
 
 Rows ("slots") are positions in growable arrays; a freed slot is reused. The vectors live in a row store
-(``engine.index.rows``): float32, or only a codec's codes for a compressed collection (``compress``). The
+(``engine.index.rows``): float32, or only a codec's codes for a compressed collection (``compressed``). The
 access list of a row is its owner plus a set of granted tenants; it is the authority every index is checked
 against. Not thread-safe by itself: ``engine.db.Collection`` holds the lock.
 """
@@ -52,24 +52,18 @@ class VectorTable:
         """float32 vectors of ``rows`` (a copy; decoded from the codes for a compressed table)."""
         return self.store.vectors(np.asarray(rows, np.int64))
 
-    def with_store(self, store: DenseRows | CodedRows) -> VectorTable:
-        """A table sharing these ids, owners and grants whose vectors are ``store`` (fill it with ``compress``):
-        built on the side while this one serves, then swapped in."""
+    def compressed(self, codec: Codec, source) -> VectorTable:
+        """A twin of this table (the same ids, owners and grants) whose rows are ``codec``'s codes, encoded in
+        blocks from ``source(rows) -> float32 [n, D]`` (the originals, prepared for the metric): built on the side
+        while this table serves, then swapped in by the caller."""
+        store = CodedRows(codec, self.store.capacity)
+        live = np.flatnonzero(self.owner[: self._high] >= 0)
+        for s in range(0, live.shape[0], 65_536):
+            part = live[s : s + 65_536]
+            store.write(part, source(part))
         twin = copy.copy(self)
         twin.store = store
         return twin
-
-    def compress(self, codec: Codec | None, source=None) -> None:
-        """Keep the rows as ``codec``'s codes from now on (``None``: float32 again), re-encoding the live rows
-        from ``source(rows) -> float32`` (default: the current vectors) in blocks."""
-        old = self.store
-        new = DenseRows(self.dim, old.capacity) if codec is None else CodedRows(codec, old.capacity)
-        live = np.flatnonzero(self.owner[: self._high] >= 0)
-        read = source or old.vectors
-        for s in range(0, live.shape[0], 65_536):
-            part = live[s : s + 65_536]
-            new.write(part, read(part))
-        self.store = new
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids``, -1 where an id is absent."""

@@ -113,6 +113,13 @@ def _hpush(hs, hr, size, cap, s, r):
         hs[i] = s
         hr[i] = r
         return size + 1
+    _sift_root(hs, hr, size, s, r)
+    return size
+
+
+@njit(inline="always", **_FLAGS)
+def _sift_root(hs, hr, size, s, r):
+    """Put (s, r) at the root of a top heap of ``size`` items (replacing the root) and sift it down."""
     i = 0
     while True:
         c = 2 * i + 1
@@ -128,7 +135,6 @@ def _hpush(hs, hr, size, cap, s, r):
             break
     hs[i] = s
     hr[i] = r
-    return size
 
 
 @njit(inline="always", **_FLAGS)
@@ -140,25 +146,8 @@ def _beats(hs, hr, size, cap, s, r):
 def _pop_worst(hs, hr, size):
     """Remove the root (the worst item) of a top heap; return the new size."""
     size -= 1
-    if size == 0:
-        return 0
-    s = hs[size]
-    r = hr[size]
-    i = 0
-    while True:
-        c = 2 * i + 1
-        if c >= size:
-            break
-        if c + 1 < size and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hr[c + 1] > hr[c])):
-            c += 1
-        if hs[c] < s or (hs[c] == s and hr[c] > r):
-            hs[i] = hs[c]
-            hr[i] = hr[c]
-            i = c
-        else:
-            break
-    hs[i] = s
-    hr[i] = r
+    if size > 0:
+        _sift_root(hs, hr, size, hs[size], hr[size])
     return size
 
 
