@@ -329,7 +329,10 @@ class CuratorIndex:
         return out
 
     def _place(self, rows: np.ndarray, *, bulk: bool = False) -> None:
-        """Route rows to leaves, give them code slots (in leaf order), encode them, update node statistics."""
+        """Route rows to leaves, give them code slots (in leaf order), encode them, update node statistics.
+
+        Rows go where the tree's own rule sends them (``ClusterTree.route``: for a refined tree the beam descent
+        its training used, so they land in the leaf the Lloyd rounds expect; greedy for a top-down tree)."""
         t = self.tree
         data, local = self._vectors_of(rows)
         leaves = t.route(data, local, parallel=bulk)

@@ -1,5 +1,6 @@
-"""numba kernels of the Curator index: route rows down the clustering tree, keep node statistics, encode the
-4-bit scan codes, update a tenant's leaf-ordered list, and the tenant-scoped best-first search.
+"""numba kernels of the Curator index: route rows down the clustering tree (greedy or beam descent) and the
+refined build's steps (Lloyd sums, size-weighted inner means, capacity-bounded grouping), keep node statistics,
+encode the 4-bit scan codes, update a tenant's leaf-ordered list, and the tenant-scoped best-first search.
 
 Loops only; ``engine.index.curator`` validates and shapes the input. Every kernel releases the GIL.
 
@@ -201,6 +202,143 @@ def route_rows_parallel(data, rows, cent, child_start, child_count, out_leaf_nod
     """The same, rows split over threads (bulk loads)."""
     for i in prange(rows.shape[0]):
         out_leaf_node[i] = _route_one(data, rows[i], cent, child_start, child_count)
+
+
+@njit(**_FLAGS)
+def _beam_one(data, r, cent, child_start, child_count, bn, nn, nd):
+    """The nearest leaf (node id) to ``data[r]`` found by a beam descent of width ``bn.shape[0]``.
+
+    Each step scores every child of the beam's nodes by squared L2 distance to its centroid; a child leaf is
+    a candidate answer (the nearest one seen wins), the ``width`` nearest inner children form the next beam.
+    A beam at least as wide as the tree's leaf count never drops a node, so the answer is the exact nearest
+    leaf. ``bn`` (the beam's nodes) and ``nn``/``nd`` (the next beam's nodes and distances, kept sorted) are
+    scratch arrays of the beam's width.
+    """
+    width = bn.shape[0]
+    if child_count[0] == 0:
+        return 0
+    bn[0] = 0
+    nb = 1
+    best = -1
+    best_d = np.float32(np.inf)
+    while nb > 0:
+        m = 0
+        for i in range(nb):
+            c0 = child_start[bn[i]]
+            for c in range(c0, c0 + child_count[bn[i]]):
+                d = _sq2(cent, c, data, r)
+                if child_count[c] == 0:
+                    if d < best_d:
+                        best_d = d
+                        best = c
+                elif m < width or d < nd[m - 1]:
+                    j = m if m < width else width - 1
+                    while j > 0 and nd[j - 1] > d:
+                        nd[j] = nd[j - 1]
+                        nn[j] = nn[j - 1]
+                        j -= 1
+                    nd[j] = d
+                    nn[j] = c
+                    if m < width:
+                        m += 1
+        for i in range(m):
+            bn[i] = nn[i]
+        nb = m
+    return best
+
+
+@njit(**_FLAGS)
+def beam_route_rows(data, rows, cent, child_start, child_count, width, out_leaf_node):
+    """``out_leaf_node[i]`` = the leaf that a beam descent of ``width`` finds for ``data[rows[i]]``."""
+    bn = np.empty(width, np.int32)
+    nn = np.empty(width, np.int32)
+    nd = np.empty(width, np.float32)
+    for i in range(rows.shape[0]):
+        out_leaf_node[i] = _beam_one(data, rows[i], cent, child_start, child_count, bn, nn, nd)
+
+
+@njit(**_PAR)
+def beam_route_rows_parallel(data, rows, cent, child_start, child_count, width, out_leaf_node):
+    """The same, rows split over threads in blocks (bulk loads, training)."""
+    n = rows.shape[0]
+    block = 256
+    for b in prange((n + block - 1) // block):
+        bn = np.empty(width, np.int32)
+        nn = np.empty(width, np.int32)
+        nd = np.empty(width, np.float32)
+        for i in range(b * block, min(n, (b + 1) * block)):
+            out_leaf_node[i] = _beam_one(data, rows[i], cent, child_start, child_count, bn, nn, nd)
+
+
+@njit(**_FLAGS)
+def leaf_sums(data, rows, nodes, sums, counts):
+    """Add ``data[rows[i]]`` to ``sums[nodes[i]]`` (float64) and count it in ``counts[nodes[i]]``: the sums of a
+    Lloyd step."""
+    for i in range(rows.shape[0]):
+        n = nodes[i]
+        r = rows[i]
+        counts[n] += 1
+        for t in range(data.shape[1]):
+            sums[n, t] += data[r, t]
+
+
+@njit(**_FLAGS)
+def inner_means(cent, child_start, child_count, weight):
+    """Each inner node's centroid and weight become the weight-weighted mean and the sum of its children's,
+    bottom up (children have larger ids than their parent); a node whose children weigh 0 keeps its centroid."""
+    d = cent.shape[1]
+    acc = np.empty(d, np.float64)
+    for node in range(cent.shape[0] - 1, -1, -1):
+        cn = child_count[node]
+        if cn == 0:
+            continue
+        acc[:] = 0.0
+        tot = 0.0
+        for c in range(child_start[node], child_start[node] + cn):
+            w = weight[c]
+            tot += w
+            for t in range(d):
+                acc[t] += w * cent[c, t]
+        weight[node] = tot
+        if tot > 0.0:
+            for t in range(d):
+                cent[node, t] = np.float32(acc[t] / tot)
+
+
+@njit(**_FLAGS)
+def capacity_assign(order, cand, room, out):
+    """Greedy assignment of items to groups with ``room[g]`` places each, nearest pairs first.
+
+    ``cand[i]`` are item ``i``'s candidate groups (its nearest few) and ``order`` the flat indices of ``cand``
+    by increasing distance: each pair in turn assigns its item (``out[i]``, -1 while free) if the item is free
+    and the group has room, which the assignment takes. Items whose candidates all filled stay -1
+    (``assign_leftovers``). Returns how many are left.
+    """
+    t = cand.shape[1]
+    out[:] = -1
+    for f in order:
+        i = f // t
+        g = cand[i, f % t]
+        if out[i] < 0 and room[g] > 0:
+            out[i] = g
+            room[g] -= 1
+    left = 0
+    for i in range(out.shape[0]):
+        left += out[i] < 0
+    return left
+
+
+@njit(**_FLAGS)
+def assign_leftovers(items, dist, room, out):
+    """Each of ``items`` in turn takes the nearest group with room by ``dist[j]`` (its distances to every
+    group); the caller guarantees enough room in all."""
+    for j in range(items.shape[0]):
+        best = -1
+        for g in range(dist.shape[1]):
+            if room[g] > 0 and (best < 0 or dist[j, g] < dist[j, best]):
+                best = g
+        out[items[j]] = best
+        room[best] -= 1
 
 
 @njit(**_FLAGS)
