@@ -246,6 +246,20 @@ if cuda is not None:
     def _better(s1, r1, s2, r2):
         return s1 > s2 or (s1 == s2 and r1 < r2)
 
+    @cuda.jit(device=True)
+    def _insert(ls, lr, size, k, s, r):
+        """Insert (s, r) into the sorted top-k ``ls``/``lr`` holding ``size`` entries; returns the new size."""
+        if size == k and not _better(s, r, ls[k - 1], lr[k - 1]):
+            return size
+        p = size if size < k else k - 1
+        while p > 0 and _better(s, r, ls[p - 1], lr[p - 1]):
+            ls[p] = ls[p - 1]
+            lr[p] = lr[p - 1]
+            p -= 1
+        ls[p] = s
+        lr[p] = r
+        return size + 1 if size < k else size
+
     @cuda.jit
     def _select_kernel(S, cols, use_cols, rowmap, use_map, start, qmap, use_q, width, span, k, out_s, out_r):
         """One output slot per thread: the sorted top-k of ``span`` entries of a query's row of S, read with a
@@ -274,17 +288,7 @@ if cuda is not None:
                 r = start + j
             if r < 0:
                 continue
-            if size == k and not _better(s, r, ls[k - 1], lr[k - 1]):
-                continue
-            p = size if size < k else k - 1
-            while p > 0 and _better(s, r, ls[p - 1], lr[p - 1]):
-                ls[p] = ls[p - 1]
-                lr[p] = lr[p - 1]
-                p -= 1
-            ls[p] = s
-            lr[p] = r
-            if size < k:
-                size += 1
+            size = _insert(ls, lr, size, k, s, r)
         if slot * k < out_s.shape[1]:
             for u in range(k):
                 if u < size:
@@ -448,17 +452,7 @@ if cuda is not None:
             s = ex[i, c]
             if abs(float(cand_s[i, c]) - (s + sh)) > e_i:
                 good = 0
-            if size == k and not _better(s, r, ls[k - 1], lr[k - 1]):
-                continue
-            p = size if size < k else k - 1
-            while p > 0 and _better(s, r, ls[p - 1], lr[p - 1]):
-                ls[p] = ls[p - 1]
-                lr[p] = lr[p - 1]
-                p -= 1
-            ls[p] = s
-            lr[p] = r
-            if size < k:
-                size += 1
+            size = _insert(ls, lr, size, k, s, r)
         if n > kp and cand_r[i, kp - 1] >= 0:
             if size < k or not (ls[k - 1] > float(cand_s[i, kp - 1]) + e_i - sh):
                 good = 0
