@@ -106,7 +106,7 @@ def test_inner_centroids_are_size_weighted_means_of_their_children(rng):
     """Every centroid is the mean of the sample vectors below it in the last Lloyd round: the root's is the
     sample mean, and each inner node's lies inside its children's bounding box."""
     x = clustered(rng, 2000, 8)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=16)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
     np.testing.assert_allclose(t.centroids[0], x.astype(np.float64).mean(axis=0), rtol=1e-4, atol=1e-4)
     for node in np.flatnonzero(t.child_count > 0):
         kids = t.centroids[t.child_start[node] : t.child_start[node] + t.child_count[node]]
@@ -119,7 +119,7 @@ def test_small_and_degenerate_samples():
     assert not ClusterTree.train(np.zeros((0, d), np.float32)).trained
     assert not ClusterTree.train(np.ones((500, d), np.float32), max_leaf_size=8).trained, "duplicates: one leaf"
     x = np.random.default_rng(1).normal(size=(40, d)).astype(np.float32)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=8)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=8, build="refined")
     check_layout(t, 4)
 
 
@@ -139,7 +139,7 @@ def test_refined_leaves_are_at_least_as_tight(rng, d, fanout, max_leaf_size):
 def test_refined_rows_mostly_reach_their_nearest_leaf(rng):
     """The beam descent finds the exact nearest leaf for nearly every vector; greedy descent far less often."""
     x = clustered(rng, 4000, 12)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=16)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
     exact = nearest_leaf(t, x)
     beam = (t.route(x, all_rows(x)) == exact).mean()
     greedy = (t.route(x, all_rows(x), beam=1) == exact).mean()
@@ -159,7 +159,7 @@ def test_beam_as_wide_as_the_leaves_is_exact(rng, build, parallel):
 
 def test_beam_one_is_the_greedy_descent(rng):
     x = clustered(rng, 800, 6)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=16)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
     rows = all_rows(x)
     node = np.zeros(rows.size, np.int64)
     while (t.child_count[node] > 0).any():
@@ -171,7 +171,7 @@ def test_beam_one_is_the_greedy_descent(rng):
 
 def test_bulk_route_in_leaf_order_equals_row_by_row(rng, monkeypatch):
     x = clustered(rng, 3000, 8)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=16)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
     rows = rng.permutation(x.shape[0]).astype(np.int64)[:2000]
     one_by_one = t.route(x, rows)
     monkeypatch.setattr(tree_mod, "_ORDERED_ROUTE", 100)
@@ -180,7 +180,7 @@ def test_bulk_route_in_leaf_order_equals_row_by_row(rng, monkeypatch):
 
 def test_beam_kernels_agree(rng):
     x = clustered(rng, 1500, 8)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=16)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
     rows = all_rows(x)[::3]
     a = np.empty(rows.size, np.int32)
     b = np.empty(rows.size, np.int32)
@@ -212,8 +212,8 @@ def test_capacity_assign_respects_the_room(rng):
 # ---------------------------------------------------------------------------------------------- reproducible
 def test_training_is_deterministic_for_a_seed(rng):
     x = clustered(rng, 3000, 8)
-    a = ClusterTree.train(x, fanout=4, max_leaf_size=16, seed=3)
-    b = ClusterTree.train(x, fanout=4, max_leaf_size=16, seed=3)
+    a = ClusterTree.train(x, fanout=4, max_leaf_size=16, seed=3, build="refined")
+    b = ClusterTree.train(x, fanout=4, max_leaf_size=16, seed=3, build="refined")
     for k, v in a.state().items():
         np.testing.assert_array_equal(v, b.state()[k], err_msg=k)
     np.testing.assert_array_equal(a.route(x, all_rows(x)), b.route(x, all_rows(x)))
@@ -221,7 +221,7 @@ def test_training_is_deterministic_for_a_seed(rng):
 
 def test_state_keeps_the_routing_rule(rng):
     x = clustered(rng, 1000, 8)
-    t = ClusterTree.train(x, fanout=4, max_leaf_size=16)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
     back = ClusterTree.from_state(t.state())
     assert back.beam == t.beam
     np.testing.assert_array_equal(back.route(x, all_rows(x)), t.route(x, all_rows(x)))

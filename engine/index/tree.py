@@ -11,19 +11,23 @@ Shape (v2 style, §1.1): a node holding more than ``max_leaf_size`` vectors is s
 (every point in one cluster, e.g. duplicates) leaves the node a leaf. Training uses faiss k-means on a sample;
 sizes are scaled by ``population / len(sample)`` so the leaf size refers to the whole collection.
 
-Refinement (the default build; not in the paper): a top-down tree's leaves are cells of nested local
-k-means, so a vector's nearest leaf is often under another branch, and its leaves covered an OOD query's true
-neighbours worse than flat k-means cells of the same count. So the top-down tree is only the start: its inner
-levels are rebuilt bottom up over its leaves (size-weighted k-means of the leaf centroids into parents of at
-most ``fanout`` children, level by level up to the root), and a few global Lloyd rounds then move every leaf
-to the mean of the sample vectors whose *nearest leaf of the whole tree* it is, found by a beam descent
-(``ROUTE_BEAM`` nodes per level, exact when the beam is as wide as the leaf count). Rows are placed and
+Refinement (opt-in: ``build="refined"`` or ``GROVE_TREE_BUILD=refined``; not in the paper): a top-down
+tree's leaves are cells of nested local k-means, so a vector's nearest leaf is often under another branch, and
+its leaves covered an OOD query's true neighbours worse than flat k-means cells of the same count. So the
+top-down tree is only the start: its inner levels are rebuilt bottom up over its leaves (size-weighted k-means
+of the leaf centroids into parents of at most ``fanout`` children, level by level up to the root), and a few
+global Lloyd rounds then move every leaf to the mean of the sample vectors whose *nearest leaf of the whole
+tree* it is, found by a beam descent (``ROUTE_BEAM`` nodes per level, exact when the beam is as wide as the
+leaf count). Rows are placed and
 inserted by the same beam descent (``route``), so they land where the refined leaves expect them. On the
 shared 84k set (``bench/tree_build.py``): 2.2k leaves either way; the share of an OOD query's true top-10
 inside the first 5k entries of leaves by exact centroid order 0.912 -> 0.954 (flat k-means: 0.962), in the
 search walk's order 0.889 -> 0.938; a search scans 0.66-0.71x the entries for recall@10 0.95 (QPS 1.1x: the
 balanced tree's walk pushes more nodes). Training costs more: 84k 1.5 -> 2.4 s; a 100k sample standing for
-1M vectors 3.5 -> 15 s, and placing the 1M rows 2 -> 7-9 s (2 cores).
+1M vectors 3.5 -> 15 s, and placing the 1M rows 2 -> 7-9 s (2 cores). It is not the default because the
+many-small-tenants workload lost by it (``bench/curator.py``, same hour, QPS at recall 0.95 over PT-IVF's:
+top-down 1.33-1.40x / 1.42-1.45x on the real / dense scenarios, refined 1.25-1.34x / 1.30-1.33x) and single-row inserts
+cost 15 -> 22 us (the beam descent); it pays off for collections searched through large tenants.
 Routing, like the search's node priority, is by squared L2 to the centroids of vectors prepared for the
 metric (unit vectors for cosine), whatever the metric.
 
@@ -45,7 +49,7 @@ from engine.kernels import tree as _k
 #: a split never goes deeper than this (guards against pathological data)
 MAX_DEPTH = 16
 #: how a tree is trained (``ClusterTree.train``'s ``build``; env ``GROVE_TREE_BUILD``), the default first
-BUILDS = ("refined", "topdown")
+BUILDS = ("topdown", "refined")
 #: Lloyd rounds over the leaves of a refined tree
 REFINE_ROUNDS = 4
 #: beam width of a refined tree's routing (training, bulk placement, inserts)
@@ -147,7 +151,7 @@ class ClusterTree:
         refine_rounds: int = REFINE_ROUNDS,
         beam: int = ROUTE_BEAM,
     ) -> ClusterTree:
-        """Train a tree on ``sample`` (float32 ``[n, d]``): top-down hierarchical k-means, refined by default.
+        """Train a tree on ``sample`` (float32 ``[n, d]``): top-down hierarchical k-means, optionally refined.
 
         Parameters
         ----------
@@ -161,11 +165,11 @@ class ClusterTree:
         build : ``"refined"`` (the top-down tree's leaves under inner levels rebuilt bottom up, then moved by
             global Lloyd rounds; routed by a beam descent, ``_refined``) or ``"topdown"`` (the top-down tree as
             trained, routed greedily). Default: the ``GROVE_TREE_BUILD`` environment variable, else
-            ``"refined"``.
+            ``"topdown"``.
         refine_rounds : Lloyd rounds over the leaves (refined build).
         beam : the refined tree's routing width (training, placement and inserts: ``route``).
         """
-        build = build or os.environ.get("GROVE_TREE_BUILD", "refined")
+        build = build or os.environ.get("GROVE_TREE_BUILD", "topdown")
         if build not in BUILDS:
             raise ValueError(f"build must be one of {', '.join(BUILDS)}, got {build!r} (check GROVE_TREE_BUILD)")
         if beam < 1 or refine_rounds < 0:
