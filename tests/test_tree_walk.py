@@ -24,8 +24,8 @@ def _decoded(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def _reference(q, cd, sc, bits, kind):
     """Scores of every code slot in float64, straight from the formulas."""
-    projt, pscale, poff, scale, _ = cd
-    qn = (q.astype(np.float64) @ projt.astype(np.float64)) * pscale - poff if projt.shape[0] else q[: poff.size] - poff
+    proj, pscale, poff, scale, _ = cd
+    qn = (proj.astype(np.float64) @ q.astype(np.float64)) * pscale - poff if proj.shape[0] else q[: poff.size] - poff
     w = (qn + poff) * scale if kind == tk.IP else 2.0 * qn * scale
     codes, mul, add, sub = sc
     s = _decoded(codes, bits)[:, : w.size] @ w
@@ -38,11 +38,11 @@ def _reference(q, cd, sc, bits, kind):
 
 def _case(rng, bits, width, kind, affine, dtype=np.uint8, n=600, d=48):
     p = 2 * width if bits == 4 else width
-    projt = rng.integers(-127, 128, (d, p)).astype(np.int8)
+    proj = rng.integers(-127, 128, (p, d)).astype(np.int8)
     pscale = rng.uniform(0.5, 1.5, p).astype(np.float32) / 127
     poff = rng.normal(0, 0.1, p).astype(np.float32)
     scale = rng.uniform(0.05, 0.2, p).astype(np.float32)
-    cd = (projt, pscale, poff, scale, bits)
+    cd = (proj, pscale, poff, scale, bits)
     if dtype == np.uint8:
         codes = rng.integers(0, 256, (n, width)).astype(np.uint8)
     else:
@@ -60,8 +60,8 @@ def _scan(q, cd, sc, bits, kind, lst, cap):
     h = (p + 1) // 2
     qn, qw = np.empty(p, np.float32), np.empty(p, np.float32)
     qa, qb = np.empty(h, np.float32), np.empty(h, np.float32)
-    qi = np.empty(2 * h, np.int16)
-    sigma, iscale = tk._query_codes(q, cd, kind, qn, qa, qb, qw, qi)
+    qi, qq = np.empty(2 * h, np.int16), np.empty(q.size, np.int16)
+    sigma, iscale = tk._query_codes(q, cd, kind, qn, qa, qb, qw, qi, qq)
     hs, hr = np.empty(cap, np.float32), np.empty(cap, np.int64)
     qc = (qa, qb, qw, qi, iscale, sigma)
     size, since, entered = tk._scan_codes(qc, sc, bits, lst, 0, lst.size, kind, hs, hr, 0, cap)
@@ -114,11 +114,12 @@ def test_scan_codes_matches_reference(bits, width, kind, affine, dtype):
 def test_int16_weights_do_not_overflow():
     """The largest weight times the largest code over the whole width still fits the int32 accumulator."""
     rng = np.random.default_rng(7)
-    cd, (codes, mul, add, sub), q = _case(rng, 8, tk.FAST_WIDTH, tk.IP, False, n=4)
+    cd, (codes, mul, add, sub), q = _case(rng, 8, tk.FAST_WIDTH, tk.IP, False, n=4, d=1000)
     codes[:] = 255
-    projt, pscale, poff, scale, bits = cd
+    proj, pscale, poff, scale, bits = cd
     scale[:] = 1.0  # all weights of one sign and similar size: sum |qi| c is near its bound
-    projt[:] = 127
+    proj[:] = 127
+    q = np.abs(q)  # and the projection's own integer sums (int16 query x int8 rows) at their largest too
     scores, slots, _, _ = _scan(q, cd, (codes, mul, add, sub), bits, tk.IP, np.arange(4, dtype=np.int64), 4)
     ref = _reference(q, cd, (codes, mul, add, sub), bits, tk.IP)
     np.testing.assert_allclose(scores, ref[slots], rtol=1e-4)

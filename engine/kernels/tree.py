@@ -712,25 +712,31 @@ def _write(ks, kr, m, out_s, out_r):
 
 
 @njit(**_FLAGS)
-def _query_codes(q, cd, kind, qn, qa, qb, qw, qi):
-    """The query in scan-code space: ``qn = P q * pscale - poff`` (``P^T`` int8 ``[D, p]``; no projection when it
-    has no rows: ``qn = q - poff``), then the code weights ``w = (qn + poff) * scale`` (``ip``) or
-    ``2 qn * scale`` (``l2``) laid out for 4-bit (``qa``/``qb``) and 8-bit (``qw``) codes, and as int16 ``qi``
+def _query_codes(q, cd, kind, qn, qa, qb, qw, qi, qq):
+    """The query in scan-code space: ``qn = P q * pscale - poff`` (``P`` int8 ``[p, D]``, one scale per row; no
+    projection when it has no rows: ``qn = q - poff``), then the code weights ``w = (qn + poff) * scale`` (``ip``)
+    or ``2 qn * scale`` (``l2``) laid out for 4-bit (``qa``/``qb``) and 8-bit (``qw``) codes, and as int16 ``qi``
     (``[2 h]``, zero padded) with ``w ~ qi * iscale``: ``1 / iscale`` maps ``max |w|`` to 32767, or less when
     ``|sum qi_t c_t|`` could otherwise pass 2^31 - 1, so the rounding error is ``2^-16 max |w|`` per weight.
-    Returns ``(sum(w), iscale)``."""
-    projt, pscale, poff, scale, bits = cd
+    ``qq`` (int16 ``[D]``) is scratch. Returns ``(sum(w), iscale)``."""
+    proj, pscale, poff, scale, bits = cd
     p = poff.shape[0]
-    if projt.shape[0] > 0:
-        # axpy over the rows of the int8 P^T (no horizontal sums; a quarter of the bytes of float32)
+    if proj.shape[0] > 0:
+        # P q in integers: q as int16 (scaled so no int32 sum overflows) against the int8 rows, which LLVM turns
+        # into vpmaddwd (measured: 1.9 us instead of 4.1 for a 256 x 384 projection, relative error ~3e-5)
+        d = q.shape[0]
+        qmax = np.float32(0.0)
+        for t in range(d):
+            qmax = max(qmax, abs(q[t]))
+        qscale = np.float32(min(32767.0, 2147483647.0 / (127.0 * max(d, 1))) / max(qmax, np.float32(1e-30)))
+        for t in range(d):
+            qq[t] = np.int16(np.rint(q[t] * qscale))
+        inv = np.float32(1.0) / qscale
         for j in range(p):
-            qn[j] = 0.0
-        for t in range(q.shape[0]):
-            qt = q[t]
-            for j in range(p):
-                qn[j] += qt * np.float32(projt[t, j])
-        for j in range(p):
-            qn[j] = qn[j] * pscale[j] - poff[j]
+            acc = np.int32(0)
+            for t in range(d):
+                acc = np.int32(acc + np.int32(qq[t]) * np.int32(proj[j, t]))
+            qn[j] = np.float32(acc) * (pscale[j] * inv) - poff[j]
     else:
         for j in range(p):
             qn[j] = q[j] - poff[j]
@@ -776,7 +782,7 @@ def _search_one(
 
     Entries hold code slots; ``slot_row`` maps them to table rows (heaps of row scores hold rows).
     ``rs = (data, codes, residual, scale, bias, sqnorm, mean, bits)`` are the rows (``_row_score``);
-    ``sc = (codes, mul, add, sub)`` the scan codes by slot and ``cd = (P^T int8 [D, p], its column scales [p],
+    ``sc = (codes, mul, add, sub)`` the scan codes by slot and ``cd = (P int8 [p, D], its row scales [p],
     offset [p], per-coordinate code scale [p], code bits)`` their query side (``_query_codes``); ``wf``/``wi``/
     ``wq`` are float32/int64/int16 workspaces (``_workspace``).
     """
@@ -815,7 +821,7 @@ def _search_one(
     flo = wi[cap + k + nn : cap + k + 2 * nn]
     fhi = wi[cap + k + 2 * nn : cap + k + 3 * nn]
     qi = wq[: 2 * h]
-    sigma, iscale = _query_codes(q, cd, kind, qn, qa, qb, qw, qi)
+    sigma, iscale = _query_codes(q, cd, kind, qn, qa, qb, qw, qi, wq[p + 1 : p + 1 + q.shape[0]])
     qc = (qa, qb, qw, qi, iscale, sigma)
     size, _, _ = _scan_codes(qc, sc, bits, tail, 0, nt, kind, hs, hr, 0, cap)
     scanned = nt
@@ -832,6 +838,10 @@ def _search_one(
         hi = fhi[0]
         fsize = _fpop(fs, fn, flo, fhi, fsize)
         if hi - lo <= max_sl or topo[1, node] == 0:
+            if fsize > 0:
+                # the next node popped is the frontier's best (a scan pushes nothing): start loading its codes
+                for j in range(flo[0], min(fhi[0], flo[0] + PREFETCH_AHEAD)):
+                    _prefetch_code(sc[0], main[j] & ROW_MASK, sc[0].shape[1])
             size, since, entered = _scan_codes(qc, sc, bits, main, lo, hi, kind, hs, hr, size, cap)
             scanned += hi - lo
             misses = since if entered else misses + since
@@ -858,13 +868,13 @@ def _search_one(
 
 
 @njit(**_FLAGS)
-def _workspace(rs, cd, nn, k, cands):
-    """Float32, int64 and int16 scratch arrays large enough for one ``_search_one`` call."""
+def _workspace(rs, cd, nn, k, cands, d):
+    """Float32, int64 and int16 scratch arrays large enough for one ``_search_one`` call (queries of dim ``d``)."""
     cap = max(cands, k)
     p = cd[2].shape[0]
     h1 = rs[1].shape[1] if rs[7] == 4 else 0
     nf = 2 * h1 + 2 * p + 2 * ((p + 1) // 2) + cap + k + nn
-    return np.empty(nf, np.float32), np.empty(cap + k + 3 * nn, np.int64), np.empty(p + 1, np.int16)
+    return np.empty(nf, np.float32), np.empty(cap + k + 3 * nn, np.int64), np.empty(p + 1 + d, np.int16)
 
 
 @njit(**_FLAGS)
@@ -876,7 +886,7 @@ def search(
 
     ``rs``, ``sc`` and ``cd`` are as in ``_search_one``.
     """
-    wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands)
+    wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands, queries.shape[1])
     total = 0
     for i in range(queries.shape[0]):
         total += _search_one(
@@ -893,7 +903,7 @@ def search_parallel(
 ):  # fmt: skip
     """The same, one query per thread."""
     for i in prange(queries.shape[0]):
-        wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands)
+        wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands, queries.shape[1])
         _search_one(
             queries[i], rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
             max_sl, exact_max, flat_max, kind, wf, wi, wq, out_s[i], out_r[i],
