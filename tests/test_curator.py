@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.index import curator
 from engine.index.curator import TAIL_CAP, CuratorIndex
 from engine.index.table import VectorTable
 from engine.kernels import metrics, reference
@@ -165,6 +166,24 @@ def test_wide_search_is_exact_over_a_split_tree(rng, metric, flat_max):
         h.check(clustered(rng, 5, 16), 10, t, exact=True)
 
 
+def test_leaf_bounds_split_nodes_where_binary_search_does(rng, monkeypatch):
+    """A large tenant's cached leaf bounds change how a walk finds split points, never what it finds."""
+    h = trained_harness(rng, n=2_000, tenants=2)
+    q = h.query(clustered(rng, 20, 16))
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 10**9)
+    plain = h.index.search(q, 10, 0, ef=64)
+    assert h.index._lists[0].bounds.size == 0
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 1)
+    h.index._lists[0].bounds = None
+    cached = h.index.search(q, 10, 0, ef=64)
+    bounds = h.index._lists[0].bounds
+    assert bounds.size == h.index.tree.n_leaves + 1 and bounds[-1] == h.index._lists[0].main.shape[0]
+    np.testing.assert_array_equal(cached[1], plain[1])
+    np.testing.assert_array_equal(cached[0], plain[0])
+    h.insert(clustered(rng, TAIL_CAP + 1, 16), 0)  # overflows the tail: main is rebuilt, the bounds dropped
+    assert h.index._lists[0].bounds is None
+
+
 def test_batch_equals_single_queries(rng):
     h = trained_harness(rng)
     q = h.query(clustered(rng, 7, 16))
@@ -175,8 +194,12 @@ def test_batch_equals_single_queries(rng):
         np.testing.assert_allclose(s1[0], s_batch[i], rtol=1e-6)
 
 
-def test_random_updates_never_leak(rng):
-    """Random grants, revokes, deletes, overwrites and inserts across split/merge thresholds, checked each step."""
+@pytest.mark.parametrize("leaf_bounds", [False, True])
+def test_random_updates_never_leak(rng, monkeypatch, leaf_bounds):
+    """Random grants, revokes, deletes, overwrites and inserts across split/merge thresholds, checked each step;
+    with ``leaf_bounds`` every tenant's walk splits nodes by its cached leaf bounds, which the updates must
+    keep current."""
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 0 if leaf_bounds else 10**9)
     h = trained_harness(rng, n=500, tenants=4, **EXACT)
     n_tenants = 7
     for step in range(120):

@@ -765,7 +765,7 @@ def _query_codes(q, cd, kind, qn, qa, qb, qw, qi, qq):
 
 @njit(**_FLAGS)
 def _search_one(
-    q, rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    q, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, wf, wi, wq, out_s, out_r,
 ):  # fmt: skip
     """Top-k of one query over one tenant (curator.md §2.6-2.7, with scan codes); returns entries scanned.
@@ -775,7 +775,8 @@ def _search_one(
     * Otherwise best-first over the tenant's subtree: the frontier holds tree nodes whose subtree holds some
       of the tenant's entries, by priority ``pbias[c] - 2 q' . pcent[c]``. A popped node with at most ``max_sl``
       entries (a shortlist), or a GCT leaf, is scanned from the scan codes into a candidate heap of capacity
-      ``max(cands, k)``; a larger node is expanded into its non-empty children (a binary search each).
+      ``max(cands, k)``; a larger node is expanded into its non-empty children, split where ``bounds`` (int32, where
+      each leaf rank starts in ``main``) says, or by a binary search each when ``bounds`` is empty.
       The search stops, at a shortlist boundary, once the last ``ef`` scanned entries left the candidate heap
       unchanged (v2's early stop, counted in candidates), or when the frontier is empty.
     * The best ``rerank`` candidates are rescored from the rows; the top k are written out.
@@ -853,7 +854,10 @@ def _search_one(
         start = lo
         for c in range(c0, c_end):
             if c + 1 < c_end:
-                stop = _lower_bound(main, start, hi, np.int64(topo[2, c + 1]) << ROW_BITS)
+                if bounds.shape[0] > 0:
+                    stop = min(max(np.int64(bounds[topo[2, c + 1]]), start), hi)  # clamped: never past the node
+                else:
+                    stop = _lower_bound(main, start, hi, np.int64(topo[2, c + 1]) << ROW_BITS)
             else:
                 stop = hi
             if stop > start:
@@ -879,7 +883,7 @@ def _workspace(rs, cd, nn, k, cands, d):
 
 @njit(**_FLAGS)
 def search(
-    queries, rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, out_s, out_r,
 ):  # fmt: skip
     """Serial batch: each query row searched in turn into ``out_s``/``out_r``. Returns entries scanned.
@@ -890,7 +894,7 @@ def search(
     total = 0
     for i in range(queries.shape[0]):
         total += _search_one(
-            queries[i], rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
+            queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank,
             max_sl, exact_max, flat_max, kind, wf, wi, wq, out_s[i], out_r[i],
         )  # fmt: skip
     return total
@@ -898,13 +902,13 @@ def search(
 
 @njit(**_PAR)
 def search_parallel(
-    queries, rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, out_s, out_r,
 ):  # fmt: skip
     """The same, one query per thread."""
     for i in prange(queries.shape[0]):
         wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands, queries.shape[1])
         _search_one(
-            queries[i], rs, slot_row, sc, cd, main, tail, nt, pcent, pbias, topo, k, ef, cands, rerank,
+            queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank,
             max_sl, exact_max, flat_max, kind, wf, wi, wq, out_s[i], out_r[i],
         )  # fmt: skip
