@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine.db import Database
+from engine.errors import InvalidArgument
 from engine.index.curator import CuratorIndex
 from engine.index.flat import FlatIndex
 
@@ -87,6 +88,36 @@ def test_a_collection_indexes_itself_past_its_threshold(tmp_path, rng):
     db.close()
     db = Database(tmp_path)
     assert db.get_collection("c").auto_index_rows == 2000  # settings persist
+    db.close()
+
+
+def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, monkeypatch):
+    """``refined_tree`` picks how the next index build makes its tree, over the server's default, and survives
+    a restart; a refined tree routes by a beam, a top-down one greedily (``ClusterTree.beam``)."""
+    monkeypatch.setenv("GROVE_TREE_BUILD", "refined")  # the server's default, which a setting overrides
+    db = Database(tmp_path)
+    plain, chosen = db.create_collection("plain", dim=DIM, metric="ip"), db.create_collection("c", dim=DIM, metric="ip")
+    assert "refined_tree" not in chosen.configure()  # unset until set: the default applies
+    assert chosen.configure(refined_tree=0)["refined_tree"] == 0
+    for col in (plain, chosen):
+        _fill(col, rng)
+        col.build_index()
+    assert plain.index.tree.beam > 1 and chosen.index.tree.beam == 1
+    vecs = rng.standard_normal((5, DIM)).astype(np.float32)
+    before = _answers(chosen, vecs)
+    db.close()
+    monkeypatch.setenv("GROVE_TREE_BUILD", "topdown")
+    db = Database(tmp_path)
+    chosen = db.get_collection("c")
+    assert chosen.configure()["refined_tree"] == 0
+    after = _answers(chosen, vecs)  # the saved index reloads as it was
+    assert all(np.array_equal(after[t], before[t]) for t in before)
+    chosen.configure(refined_tree=1)
+    chosen.build_index()
+    assert chosen.index.tree.beam > 1
+    for bad in (2, -1, True, 0.5):
+        with pytest.raises(InvalidArgument):
+            chosen.configure(refined_tree=bad)
     db.close()
 
 

@@ -389,8 +389,11 @@ def test_configure_returns_the_settings(loaded):
     assert col.configure() == now  # nothing changed
     assert col.configure(auto_index_rows=10_000)["auto_index_rows"] == 10_000
     assert col.configure(query_reservoir=0)["query_reservoir"] == 0
+    assert col.configure(refined_tree=1)["refined_tree"] == 1
     with pytest.raises(InvalidArgument, match="query_reservoir must be a non-negative integer"):
         col.configure(query_reservoir=-1)
+    with pytest.raises(InvalidArgument, match="refined_tree must be 0 or 1"):
+        col.configure(refined_tree=2)
 
 
 def test_train_compression_returns_a_summary(any_client, world):
@@ -409,6 +412,8 @@ def test_index_and_compression_calls_are_congruent(both, world):
         "configure=1.5": lambda c: c.get_collection("train").configure(query_reservoir=1.5),
         "configure=np.int64": lambda c: c.get_collection("train").configure(auto_index_rows=np.int64(5)),
         "configure auto": lambda c: c.get_collection("train").configure(auto_index_rows=2_000),
+        "configure refined": lambda c: c.get_collection("train").configure(refined_tree=1),
+        "configure refined=2": lambda c: c.get_collection("train").configure(refined_tree=2),
         "build_index": lambda c: sorted(c.get_collection("train").build_index()),
         "build_index, background": lambda c: c.get_collection("train").build_index(background=True),
         "train float32": lambda c: c.get_collection("train").train_compression(world.queries[0]),

@@ -96,14 +96,26 @@ class Collection:
         """
         return self._backend.train_compression(self.name, query_sample)
 
-    def configure(self, *, query_reservoir: int | None = None, auto_index_rows: int | None = None) -> dict:
+    def configure(
+        self,
+        *,
+        query_reservoir: int | None = None,
+        auto_index_rows: int | None = None,
+        refined_tree: int | None = None,
+    ) -> dict:
         """Change collection settings (admin only; persisted); None leaves a setting as it is. Returns the
         settings now in force.
 
         ``query_reservoir``: keep a uniform sample of this many searched queries (for ``train_compression``);
-        0 turns it off. ``auto_index_rows``: the size at which the collection indexes itself.
+        0 turns it off. ``auto_index_rows``: the size at which the collection indexes itself. ``refined_tree``:
+        1 builds the index's tree refined (faster for tenants that see most of the collection, slower for many
+        small ones), 0 top down, from the next index build; ``build_index()`` rebuilds now.
         """
-        settings = {"query_reservoir": query_reservoir, "auto_index_rows": auto_index_rows}
+        settings = {
+            "query_reservoir": query_reservoir,
+            "auto_index_rows": auto_index_rows,
+            "refined_tree": refined_tree,
+        }
         return self._backend.configure(self.name, settings)
 
     # ----------------------------------------------------------------------------------- training hooks

@@ -196,6 +196,9 @@ class CuratorIndex:
     variance_boost : weight of a node's mean squared radius in its priority (v2 uses 0.4; default 0).
     train_size : at most this many vectors are sampled to train the tree and codes (default 100_000).
     seed : seed of the training sample and of k-means (default 0).
+    tree_build : how ``train`` builds the tree: ``"topdown"`` or ``"refined"`` (``ClusterTree.train``'s
+        ``build``); None (default) takes ``ClusterTree.train``'s default. A trained tree keeps its own routing,
+        so this is not part of ``params()``.
 
     The index starts untrained (one leaf: every search is exact). ``train(sample)`` builds the tree and codes
     and re-places the rows already added; ``build(...)`` trains and bulk-loads in one call.
@@ -218,6 +221,7 @@ class CuratorIndex:
         variance_boost: float = 0.0,
         train_size: int = 100_000,
         seed: int = 0,
+        tree_build: str | None = None,
     ) -> None:
         if metric not in metrics.KERNEL_METRIC:
             raise ValueError(f"metric must be one of {', '.join(metrics.KERNEL_METRIC)}, got {metric!r}")
@@ -252,6 +256,7 @@ class CuratorIndex:
         self.variance_boost = float(variance_boost)
         self.train_size = int(train_size)
         self.seed = int(seed)
+        self.tree_build = tree_build
         self._kind = _k.L2 if metrics.KERNEL_METRIC[metric] == "l2" else _k.IP
         self._lists: dict[int, _TenantList] = {}
         # per table row: leaf rank (-1 when unplaced), how many tenants see it, its code slot (-1: none)
@@ -305,7 +310,12 @@ class CuratorIndex:
         old_rows = {t: self.rows(t) for t in self._lists}
         pop = population or max(sample.shape[0], placed.shape[0])
         tree = ClusterTree.train(
-            sample, fanout=self.fanout, max_leaf_size=self.max_leaf_size, population=pop, seed=self.seed
+            sample,
+            fanout=self.fanout,
+            max_leaf_size=self.max_leaf_size,
+            population=pop,
+            seed=self.seed,
+            build=self.tree_build,
         )
         self._set_tree(tree, self._fit_scan(sample) if tree.trained else PCACodes.none(self.table.dim))
         self._n_placed = 0

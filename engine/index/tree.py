@@ -11,7 +11,8 @@ Shape (v2 style, §1.1): a node holding more than ``max_leaf_size`` vectors is s
 (every point in one cluster, e.g. duplicates) leaves the node a leaf. Training uses faiss k-means on a sample;
 sizes are scaled by ``population / len(sample)`` so the leaf size refers to the whole collection.
 
-Refinement (opt-in: ``build="refined"`` or ``GROVE_TREE_BUILD=refined``; not in the paper): a top-down
+Refinement (opt-in: ``build="refined"``, a collection's ``configure(refined_tree=1)`` or
+``GROVE_TREE_BUILD=refined``; not in the paper): a top-down
 tree's leaves are cells of nested local k-means, so a vector's nearest leaf is often under another branch, and
 its leaves covered an OOD query's true neighbours worse than flat k-means cells of the same count. So the
 top-down tree is only the start: its inner levels are rebuilt bottom up over its leaves (size-weighted k-means

@@ -269,7 +269,7 @@ def uint_to_wire(value: object, check: Callable[[object], object], *, bits: int 
 
 # --------------------------------------------------------------------------------------------- settings
 #: collection settings: name -> bits of its unsigned wire field
-SETTINGS = {"query_reservoir": 32, "auto_index_rows": 64}
+SETTINGS = {"query_reservoir": 32, "auto_index_rows": 64, "refined_tree": 32}
 
 
 def settings_to_pb(settings: Mapping[str, object], out: pb.ConfigureRequest) -> None:

@@ -319,14 +319,16 @@ class TrainCompressionRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., query_sample: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("collection", "query_reservoir", "auto_index_rows")
+    __slots__ = ("collection", "query_reservoir", "auto_index_rows", "refined_tree")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_RESERVOIR_FIELD_NUMBER: _ClassVar[int]
     AUTO_INDEX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    REFINED_TREE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query_reservoir: int
     auto_index_rows: int
-    def __init__(self, collection: _Optional[str] = ..., query_reservoir: _Optional[int] = ..., auto_index_rows: _Optional[int] = ...) -> None: ...
+    refined_tree: int
+    def __init__(self, collection: _Optional[str] = ..., query_reservoir: _Optional[int] = ..., auto_index_rows: _Optional[int] = ..., refined_tree: _Optional[int] = ...) -> None: ...
 
 class MineHardNegativesRequest(_message.Message):
     __slots__ = ("collection", "tenant", "queries", "positives", "num_negatives", "range_min", "range_max", "absolute_margin", "relative_margin", "max_score", "min_score", "sampling", "random_negatives", "seed", "exact", "ef", "chunk_size")
