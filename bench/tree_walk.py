@@ -63,9 +63,11 @@ def kernel_args(ecol, k: int, ef: int) -> tuple:
     lst = idx._lists[ecol._db._tenants.find("all")]
     cands = max(idx.candidates, ef >> 4, 2 * k)
     rerank = max(idx.rerank, ef >> 5, k + k // 2)
+    if lst.bounds is None:
+        lst.bounds = idx._leaf_bounds(lst.main)
     return (idx.table.store.kernel_args, idx._slot_row, idx._sc, idx.scan.kernel_args, lst.main, lst.tail,
-            lst.nt, idx._pcent, idx._bias, idx._topo, k, ef, cands, rerank, idx.max_sl_size, idx.exact_max,
-            idx.flat_max, idx._kind)  # fmt: skip
+            lst.nt, lst.bounds, idx._pcent, idx._bias, idx._topo, k, ef, cands, rerank, idx.max_sl_size,
+            idx.exact_max, idx.flat_max, idx._kind)  # fmt: skip
 
 
 def time_kernel(mod, queries: np.ndarray, args: tuple) -> tuple[float, int, np.ndarray]:
