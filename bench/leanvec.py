@@ -38,15 +38,19 @@ K = 10
 FULL_F32 = "Grove float32 scanned in full (reference)"
 
 
-def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
-    """Run ``search(q[1, D]) -> ids[k]`` for each query; return the ids and the QPS."""
+def timed(search, queries: np.ndarray, passes: int = 2) -> tuple[np.ndarray, float]:
+    """Run ``search(q[1, D]) -> ids[k]`` for each query; return the ids and the QPS of the fastest of
+    ``passes`` passes (the machine is shared: a slow pass is someone else's load)."""
     out = np.full((len(queries), K), -1, np.int64)
     search(queries[:1])  # warm up (numba compilation, caches)
-    t0 = time.perf_counter()
-    for i in range(len(queries)):
-        ids = search(queries[i : i + 1])
-        out[i, : len(ids)] = ids[:K]
-    return out, len(queries) / (time.perf_counter() - t0)
+    best = np.inf
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for i in range(len(queries)):
+            ids = search(queries[i : i + 1])
+            out[i, : len(ids)] = ids[:K]
+        best = min(best, time.perf_counter() - t0)
+    return out, len(queries) / best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +76,8 @@ def grove_methods(base: np.ndarray, q_train: np.ndarray, tmp: Path):
     """
     from grove_client import LVQ, Client, LeanVec
 
-    sweep = [None, 256, 512, 1024, 1536, 2048, 3072, 4096]
+    # dense around recall 0.95 on OOD queries (ef ~1.5k-2.5k), where QPS@0.95 is interpolated
+    sweep = [None, 256, 512, 1024, 1536, 1792, 2048, 2304, 2560, 3072, 4096]
     configs = [
         ("Grove float32", None),
         ("Grove LVQ-8", LVQ(8)),
