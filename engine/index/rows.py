@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from engine import kernels
-from engine.index.aligned import aligned_copy, aligned_zeros
 from engine.kernels import lvq as lvq_kernels
 from engine.kernels import metrics
 from engine.quant import lvq
@@ -25,19 +24,25 @@ _U8 = np.zeros((0, 0), np.uint8)
 _F = np.zeros(0, np.float32)
 
 
+def _resized(a: np.ndarray, cap: int, keep: int) -> np.ndarray:
+    out = np.zeros((cap, *a.shape[1:]), a.dtype)
+    out[:keep] = a[:keep]
+    return out
+
+
 class DenseRows:
     """float32 rows, prepared for the metric: every score read from them is exact."""
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.dim = dim
-        self.data = aligned_zeros((capacity, dim), np.float32)
+        self.data = np.zeros((capacity, dim), np.float32)
 
     @property
     def capacity(self) -> int:
         return int(self.data.shape[0])
 
     def resized(self, cap: int, keep: int) -> None:
-        self.data = aligned_copy(self.data[:keep], cap)
+        self.data = _resized(self.data, cap, keep)
 
     def write(self, slots: np.ndarray, prepared: np.ndarray) -> None:
         self.data[slots] = prepared
@@ -77,9 +82,9 @@ class CodedRows:
         self.bits = 8 if enc in ("float32", "lvq8") else 4
         d = self.dim
         width = d if self.bits == 8 else (d + 1) // 2
-        self.data = aligned_zeros((capacity if self.dense else 0, d), np.float32)
-        self.codes = aligned_zeros((0 if self.dense else capacity, width), np.uint8)
-        self.residual = aligned_zeros((capacity, d), np.uint8) if enc == "lvq4x8" else _U8
+        self.data = np.zeros((capacity if self.dense else 0, d), np.float32)
+        self.codes = np.zeros((0 if self.dense else capacity, width), np.uint8)
+        self.residual = np.zeros((capacity, d), np.uint8) if enc == "lvq4x8" else _U8
         self.scale = _F if self.dense else np.zeros(capacity, np.float32)
         self.bias = _F if self.dense else np.zeros(capacity, np.float32)
         self.sqn = np.zeros(capacity, np.float32) if self.l2 else _F
@@ -100,7 +105,7 @@ class CodedRows:
 
     def resized(self, cap: int, keep: int) -> None:
         for name in self._arrays():
-            setattr(self, name, aligned_copy(getattr(self, name)[:keep], cap))
+            setattr(self, name, _resized(getattr(self, name), cap, keep))
         self._capacity = cap
 
     def write(self, slots: np.ndarray, prepared: np.ndarray) -> None:

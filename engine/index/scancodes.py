@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.index.aligned import aligned_copy, aligned_zeros
 from engine.kernels import metrics
 from engine.kernels import tree as _k
 from engine.quant.codec import Codec
@@ -34,6 +33,12 @@ from engine.quant.codec import Codec
 _EMPTY_F = np.zeros(0, np.float32)
 #: principal coordinates of PCA codes used for node priorities (the codes may keep more)
 NODE_DIM = 128
+
+
+def _grown(a: np.ndarray, cap: int) -> np.ndarray:
+    out = np.zeros((cap, *a.shape[1:]), a.dtype)
+    out[: a.shape[0]] = a
+    return out
 
 
 def _int8_rows(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,14 +65,14 @@ class ScanCodes:
 
     def grown(self, arrays: tuple, cap: int) -> tuple:
         """``arrays`` with room for ``cap`` slots (new slots zero)."""
-        return tuple(aligned_copy(a, cap) if keep else a for a, keep in zip(arrays, self.per_slot))
+        return tuple(_grown(a, cap) if keep else a for a, keep in zip(arrays, self.per_slot))
 
     def permuted(self, arrays: tuple, old: np.ndarray) -> tuple:
         """New arrays of the same size whose first ``len(old)`` slots hold the codes of slots ``old``."""
         out = []
         for a, keep in zip(arrays, self.per_slot):
             if keep:
-                b = aligned_zeros(a.shape, a.dtype)
+                b = np.zeros_like(a)
                 b[: old.shape[0]] = a[old]
                 a = b
             out.append(a)
