@@ -15,6 +15,8 @@ in each GPU mode against the best CPU backend on the same data. One call, a few 
    device once (``gpu.to_device``, timed separately). Each mode is compared with the CPU's results: top-10
    rows identical, max |score - float64 exact score|, share of rows at least as good as the CPU's 10th.
 5. The k-means assignment step: ``--n`` vectors to 1,024 centroids, GPU (default and old path) vs CPU.
+6. A refined tree's build (its Lloyd rounds and bulk placement assign vectors to leaves: on the GPU the exact
+   nearest leaf, on the CPU a beam descent), GPU vs CPU, on 300k (100k with --quick) clustered vectors.
 
 Prints the card, the numbers and, with ``--json``, one JSON object last.
 """
@@ -244,8 +246,46 @@ def main() -> None:
             f"k-means assignment to {len(cent)} centroids ({label}): GPU {args.n / t_g:,.0f} vectors/s, "
             f"CPU {sub / t_c:,.0f} vectors/s ({(args.n / t_g) / (sub / t_c):.1f}x); labels agree {agree:.4f}"
         )
+
+    # 6. a refined tree's build: its Lloyd rounds and bulk placement (exact nearest leaf on the GPU, beam on CPU)
+    out["tree"] = _tree_build(rng, min(args.n, 100_000 if quick else 300_000), args.dim, cpu_backend)
     if args.json:
         print(json.dumps(out))
+
+
+def _tree_build(rng: np.random.Generator, n: int, dim: int, cpu_backend: str) -> dict:
+    """Train a refined Curator tree (default fanout and leaf size) on ``n`` clustered vectors and place them,
+    with the bulk routes on the GPU (``kernels.gpu_runs`` decides, as in a server) and on the CPU by name; report
+    both times and the share of vectors the CPU's beam descent puts in their exact nearest leaf."""
+    from engine.index.tree import ClusterTree
+
+    centers = rng.standard_normal((n // 500, dim), dtype=np.float32)
+    x = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.arange(n, dtype=np.int64)
+    res: dict = {"n": n, "dim": dim}
+    placed = {}
+    for label, name in (("gpu", None), ("cpu", cpu_backend)):
+        kernels.select(name)
+        gpu.last_stats.clear()
+        t = time.perf_counter()
+        tree = ClusterTree.train(x, fanout=16, max_leaf_size=64, build="refined")
+        t_train = time.perf_counter() - t
+        t = time.perf_counter()
+        placed[label] = tree.route(x, rows, parallel=True)
+        res[label] = {"train_s": t_train, "place_s": time.perf_counter() - t, "leaves": tree.n_leaves,
+                      "ran_on_gpu": bool(gpu.last_stats)}  # fmt: skip
+    kernels.select(None)
+    exact = tree.route(x, rows, parallel=True)  # the CPU-trained tree, routed on the GPU: exact nearest leaves
+    res["cpu_exact_share"] = float(np.mean(placed["cpu"] == exact))
+    g, c = res["gpu"], res["cpu"]
+    print(
+        f"refined tree, {n} x {dim}: GPU train {g['train_s']:.1f} s + place {g['place_s']:.1f} s "
+        f"({g['leaves']} leaves, exact nearest leaf, ran on GPU {g['ran_on_gpu']}); CPU ({cpu_backend}) train "
+        f"{c['train_s']:.1f} s + place {c['place_s']:.1f} s ({c['leaves']} leaves, beam descent: exact leaf for "
+        f"{res['cpu_exact_share']:.3f} of vectors)"
+    )
+    return res
 
 
 if __name__ == "__main__":

@@ -314,6 +314,37 @@ def check_kmeans_assign() -> None:
         np.testing.assert_array_equal(labels, (x @ cent.T).argmax(axis=1))
 
 
+def check_refined_tree_on_gpu() -> None:
+    """With the GPU taking the bulk routes, a refined tree's Lloyd rounds and its bulk placement assign every
+    vector to its exact nearest leaf: the tree equals one trained on the CPU with a beam as wide as the leaves."""
+    from engine import kernels
+    from engine.index.tree import ClusterTree
+    from engine.kernels import gpu
+
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((80, 5)) + 3.0 * rng.standard_normal((8, 5))[rng.integers(0, 8, 80)]).astype(np.float32)
+    args = dict(fanout=4, max_leaf_size=8, build="refined", refine_rounds=1)  # small: ~0.15 s a simulated query
+    with _tiny():
+        kernels.select("cuda")
+        assert kernels.gpu_runs(1)
+        gpu.last_stats.clear()
+        on_gpu = ClusterTree.train(x, **args)
+        assert gpu.last_stats.get("queries") == len(x), gpu.last_stats  # the Lloyd round ran on the GPU
+        gpu.last_stats.clear()
+        placed = on_gpu.route(x, np.arange(len(x), dtype=np.int64), parallel=True)
+        assert gpu.last_stats.get("queries") == len(x), gpu.last_stats  # and so did the bulk placement
+        kernels.select("numba")
+    assert not kernels.gpu_runs(10**15)  # numba forced: no route goes to the GPU
+    exact = ClusterTree.train(x, **args, beam=10**6)
+    assert on_gpu.n_leaves >= 6, on_gpu.n_leaves
+    np.testing.assert_array_equal(on_gpu.child_start, exact.child_start)
+    np.testing.assert_array_equal(on_gpu.child_count, exact.child_count)
+    np.testing.assert_allclose(on_gpu.centroids, exact.centroids, rtol=1e-5, atol=1e-5)
+    leaves = on_gpu.leaf_node
+    d2 = ((x[:, None, :].astype(np.float64) - on_gpu.centroids[leaves][None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(placed, leaves[d2.argmin(axis=1)])
+
+
 def _raises(exc_type, text: str, call) -> None:
     try:
         call()
@@ -347,6 +378,7 @@ CHECKS = {f.__name__: f for f in (
     check_perturbed_first_stage,
     check_scores_and_lvq_decode,
     check_kmeans_assign,
+    check_refined_tree_on_gpu,
     check_errors_and_stubs,
 )}  # fmt: skip
 

@@ -305,6 +305,13 @@ def _route(name: str | None, work: int) -> str:
     return b
 
 
+def gpu_runs(work: int) -> bool:
+    """Whether a batch of ``work`` (queries x rows x dim), routed automatically, runs on CUDA: the ``cuda``
+    backend forced, or a real device and at least ``GPU_MIN_WORK``. For callers with a cheaper CPU-only plan
+    (a tree's beam descent instead of an exact scan of every leaf), which ask before they choose."""
+    return _route(None, work) == "cuda"
+
+
 # ---------------------------------------------------------------------------------------------- the interface
 def search(
     queries: Any,
