@@ -1,9 +1,11 @@
-"""The Curator search kernel's scan-code scoring (``engine.kernels.tree``) against a numpy reference.
+"""The Curator search kernel's scan-code and row scoring (``engine.kernels.tree``) against a numpy reference.
 
 ``_query_codes`` + ``_scan_codes`` must rank entries like the plain float formula of the scan codes
 (``engine.index.scancodes``): ``mul * <w, c> + add * sum(w) [- sub]``, with ``c`` the 8-bit code or the two
 nibbles of a 4-bit byte. Both the integer path (byte codes of ``FAST_WIDTH`` bytes) and the float path (other
-widths, float32 codes) are checked, with tombstones in the entry list.
+widths, float32 codes) are checked, with tombstones in the entry list. The rows' own scores (the exact scan of
+small tenants, ``_scan_full``, and the rescoring, ``_rescore``) must equal the float32 surrogate for float32 rows
+and the surrogate of the decoded vector for LVQ rows (``l2``: with the originals' stored squared norms).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine.kernels import tree as tk
+from engine.quant import lvq
 
 
 def _decoded(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -123,3 +126,60 @@ def test_int16_weights_do_not_overflow():
     scores, slots, _, _ = _scan(q, cd, (codes, mul, add, sub), bits, tk.IP, np.arange(4, dtype=np.int64), 4)
     ref = _reference(q, cd, (codes, mul, add, sub), bits, tk.IP)
     np.testing.assert_allclose(scores, ref[slots], rtol=1e-4)
+
+
+ROW_ENCODINGS = {"float32": (8, 0), "lvq8": (8, 0), "lvq4": (4, 0), "lvq4x8": (4, 8)}
+
+
+def _rows(rng, encoding: str, kind: int, n: int = 300, d: int = 37):
+    """``rs`` as ``engine.index.rows`` hands it to the kernel, and the vectors its scores stand for."""
+    x = rng.normal(0, 1, (n, d)).astype(np.float32)
+    e_f, e_u = np.zeros(0, np.float32), np.zeros((0, 0), np.uint8)
+    sqn = np.einsum("ij,ij->i", x, x).astype(np.float32) if kind == tk.L2 else e_f
+    if encoding == "float32":
+        return (x, e_u, e_u, e_f, e_f, e_f, e_f, 8), x, sqn
+    bits, residual_bits = ROW_ENCODINGS[encoding]
+    mean = lvq.fit(x)
+    c = lvq.encode(x, mean, bits=bits, residual_bits=residual_bits)
+    res = c.residual if c.residual is not None else e_u
+    return (e_f[:0].reshape(0, 0), c.codes, res, c.scale, c.bias, sqn, mean, bits), lvq.decode(c, mean), sqn
+
+
+@pytest.mark.parametrize("encoding", list(ROW_ENCODINGS))
+@pytest.mark.parametrize("kind", [tk.IP, tk.L2])
+def test_row_scores_match_reference(encoding, kind):
+    """Exact scan and rescoring score every row as the reference does, keep the top, skip tombstones."""
+    rng = np.random.default_rng(len(encoding) + 10 * kind)
+    rs, x, sqn = _rows(rng, encoding, kind)
+    q = rng.normal(0, 1, x.shape[1]).astype(np.float32)
+    q64, x64 = q.astype(np.float64), x.astype(np.float64)
+    if kind == tk.IP:
+        ref = x64 @ q64
+    elif encoding == "float32":
+        ref = -((x64 - q64) ** 2).sum(axis=1)
+    else:  # 2 <q, x~> - |x|^2 - |q|^2 with the original's |x|^2
+        ref = 2 * (x64 @ q64) - sqn - q64 @ q64
+    n = x.shape[0]
+    slot_row = rng.permutation(n).astype(np.int32)  # slot s holds row slot_row[s]
+    row_slot = np.argsort(slot_row)
+    lst = (rng.integers(0, 50, n).astype(np.int64) << tk.ROW_BITS) | row_slot[rng.permutation(n)]
+    dead = rng.random(n) < 0.1
+    lst[dead] = (lst[dead] >> tk.ROW_BITS << tk.ROW_BITS) | tk.DEAD
+    h1 = rs[1].shape[1] if rs[7] == 4 else 0
+    qa1, qb1 = np.empty(h1, np.float32), np.empty(h1, np.float32)
+    qmu, qsum, qsq = tk._row_query(q, rs[1], rs[6], rs[7], qa1, qb1)
+    k = 10
+    hs, hr = np.empty(k, np.float32), np.empty(k, np.int64)
+    size = tk._scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, 0, n, kind, hs, hr, 0, k)
+    live_rows = np.sort(slot_row[lst[~dead] & tk.ROW_MASK])
+    want = live_rows[np.argsort(-ref[live_rows], kind="stable")[:k]]
+    tol = 1e-4 * (np.abs(ref).max() + 1.0)
+    assert size == k
+    np.testing.assert_allclose(hs[:size], ref[hr[:size]], rtol=0, atol=tol)
+    assert set(hr[:size].tolist()) == set(want.tolist())
+    # the rescoring of candidate slots: every live slot a candidate, the same top k
+    ks, kr = np.empty(k, np.float32), np.empty(k, np.int64)
+    cand = (lst[~dead] & tk.ROW_MASK).astype(np.int64)
+    m = tk._rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, cand, cand.size, kind, ks, kr, k)
+    assert m == k and set(kr[:m].tolist()) == set(want.tolist())
+    np.testing.assert_allclose(ks[:m], ref[kr[:m]], rtol=0, atol=tol)
