@@ -390,8 +390,9 @@ class Collection:
                 top[r < 0] = 0
                 q = prf_queries(q, top, None, depth=prf.depth, alpha=prf.alpha, beta=prf.beta)
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
-            ids = self.table.ids[rows]  # padding rows (-1) read the last row: overwritten next
-            ids[rows < 0] = -1
+            ids = self.table.ids.take(rows)  # padding rows (-1) read the last row: overwritten next
+            if m > 1 or rows[0, -1] < 0:  # padding follows the hits: one query's last row tells (0.5 us less)
+                ids[rows < 0] = -1
         finally:
             self._rw.release_read()
         return SearchResult(ids, metrics.finalize(self.metric, scores))

@@ -12,20 +12,23 @@ from contextlib import contextmanager
 
 class RWLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
 
     def acquire_read(self) -> None:
-        """Enter as a reader (pair with ``release_read`` in a ``finally``); the hot path of every search."""
-        with self._cond:
+        """Enter as a reader (pair with ``release_read`` in a ``finally``); the hot path of every search, so it
+        holds the plain lock (the condition's own ``with`` adds a Python call each way) and waits on the
+        condition, which shares that lock, only when a writer is in or waiting."""
+        with self._lock:
             while self._writer or self._waiting_writers:
                 self._cond.wait()
             self._readers += 1
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._lock:
             self._readers -= 1
             if self._readers == 0 and self._waiting_writers:
                 self._cond.notify_all()

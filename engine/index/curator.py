@@ -272,6 +272,7 @@ class CuratorIndex:
         """Install a tree and its scan codes; node statistics and codes restart empty (rows are placed after)."""
         self.tree = tree
         self.scan = scan
+        self._ef_share = LARGE_TENANT_SHARE if isinstance(scan, PCACodes) else LARGE_TENANT_SHARE_CODED
         n = tree.n_nodes
         self._sqsum = np.zeros(n, np.float64)
         self._pop = np.zeros(n, np.int64)
@@ -529,16 +530,13 @@ class CuratorIndex:
         Tenants with at most ``exact_max`` vectors are searched exactly. Batches of queries run in parallel.
         """
         m = queries.shape[0]
-        out_s = np.empty((m, k), np.float32)
-        out_r = np.empty((m, k), np.int64)
         lst = self._lists.get(tenant)
         if lst is None:
-            out_s.fill(-np.inf)
-            out_r.fill(-1)
-            return out_s, out_r
+            return np.full((m, k), -np.inf, np.float32), np.full((m, k), -1, np.int64)
+        out_s = np.empty((m, k), np.float32)
+        out_r = np.empty((m, k), np.int64)
         if ef is None:
-            share = LARGE_TENANT_SHARE if isinstance(self.scan, PCACodes) else LARGE_TENANT_SHARE_CODED
-            ef = max(self.ef, int(lst.count() * share))
+            ef = max(self.ef, int(lst.count() * self._ef_share))
         ef = int(ef)
         # a large ef also widens the candidate list and the exact rescoring, so recall keeps rising with it
         # and a deep k needs a candidate list and a rescoring that hold k (k = 10 keeps the defaults)
