@@ -178,6 +178,46 @@ def test_bulk_route_in_leaf_order_equals_row_by_row(rng, monkeypatch):
     np.testing.assert_array_equal(t.route(x, rows, parallel=True), one_by_one)
 
 
+def _gpu_stand_in(monkeypatch, search) -> None:
+    """Make the kernel layer say bulk routes run on a GPU, with ``search`` standing in for its search."""
+    monkeypatch.setattr(tree_mod.kernels, "gpu_runs", lambda work: True)
+    monkeypatch.setattr(tree_mod.kernels, "search", search)
+
+
+def test_bulk_routes_take_the_exact_nearest_leaf_where_a_gpu_runs(rng, monkeypatch):
+    """Where the kernel layer sends a bulk route to a GPU, rows go to their exact nearest leaf (in batches);
+    single rows keep the beam descent. (The CUDA kernels themselves: tests/test_gpu_kernels.py.)"""
+    x = clustered(rng, 3000, 8)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
+    beam_one_by_one = t.route(x, all_rows(x))
+    cpu_search = tree_mod.kernels.search
+    calls = []
+
+    def on_cpu(q, data, k, metric, backend=None):
+        calls.append(backend)
+        return cpu_search(q, data, k, metric)
+
+    _gpu_stand_in(monkeypatch, on_cpu)
+    monkeypatch.setattr(tree_mod, "_GPU_BATCH", 700)
+    np.testing.assert_array_equal(t.route(x, all_rows(x), parallel=True), nearest_leaf(t, x))
+    assert calls == ["cuda"] * 5  # 3000 rows in batches of 700
+    np.testing.assert_array_equal(t.route(x, all_rows(x)), beam_one_by_one)
+    assert len(calls) == 5
+
+
+def test_a_failing_gpu_leaves_the_route_to_the_cpu(rng, monkeypatch, caplog):
+    x = clustered(rng, 2000, 8)
+    t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")
+    want = t.route(x, all_rows(x), parallel=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY")
+
+    _gpu_stand_in(monkeypatch, broken)
+    np.testing.assert_array_equal(t.route(x, all_rows(x), parallel=True), want)
+    assert "CUDA_ERROR_OUT_OF_MEMORY" in caplog.text and "routing them on the CPU" in caplog.text
+
+
 def test_beam_kernels_agree(rng):
     x = clustered(rng, 1500, 8)
     t = ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined")

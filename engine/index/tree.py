@@ -39,6 +39,7 @@ An untrained tree is a single leaf: every tenant is then one shortlist at the ro
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import deque
@@ -49,6 +50,8 @@ import numpy as np
 
 from engine import kernels
 from engine.kernels import tree as _k
+
+_log = logging.getLogger("grove.index")
 
 #: a split never goes deeper than this (guards against pathological data)
 MAX_DEPTH = 16
@@ -369,8 +372,12 @@ def _route(data, rows, cent, child_start, child_count, beam: int, out: np.ndarra
     """``out[i]`` = the leaf of ``data[rows[i]]``: greedy descent for ``beam`` 1, else a beam descent (the exact
     nearest leaf, ``_nearest_leaves``, where a bulk route goes to a GPU)."""
     if beam > 1 and parallel and _on_gpu(rows.shape[0], child_count, data.shape[1]):
-        _nearest_leaves(data, rows, cent, child_count, out)
-    elif beam <= 1:
+        try:
+            _nearest_leaves(data, rows, cent, child_count, out)
+            return
+        except Exception as exc:  # noqa: BLE001 - the GPU is an accelerator, never a requirement: say so, go on
+            _log.warning("the GPU could not route %d rows (%s); routing them on the CPU", rows.shape[0], exc)
+    if beam <= 1:
         fn = _k.route_rows_parallel if parallel else _k.route_rows
         fn(data, rows, cent, child_start, child_count, out)
     else:
