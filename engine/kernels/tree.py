@@ -533,8 +533,9 @@ def _dense_score(q, data, r, l2):
 
 @njit(inline="always", **_FLAGS)
 def _coded_score(q, qa1, qb1, qmu, qsum, qsq, rcodes, rres, rscale, rbias, rsqn, eight, two, l2, r):
-    """Score of table row ``r`` for query ``q`` from its LVQ codes (``rcodes``; ``rres``: optional 8-bit second
-    level; ``rbits`` 8 or 4, split-half nibbles read through ``qa1``/``qb1``).
+    """Score of table row ``r`` for query ``q`` from its LVQ codes: ``rcodes`` of 8 bits (``eight``) or split-half
+    nibbles read through ``qa1``/``qb1``, plus the 8-bit second level ``rres`` when ``two``; ``eight``, ``two`` and
+    ``l2`` are literals at each call (``_scan_full``).
 
     With ``qmu = q . mu`` and ``qsum = sum(q)`` it is the inner product with the decoded vector
     ``mu + l' + D c [+ D/255 c2]`` (``l' = l - D/2`` with a second level), and for ``l2``
@@ -590,9 +591,10 @@ def _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, lo, hi, kind, hs,
     """Offer the live entries of ``lst[lo:hi]``, scored from the rows, keyed by table row, to the top-``cap``
     heap: exact scores of float32 rows (``_dense_score``), else from the rows' codes (``_coded_score``).
 
-    ``_scan_rows`` is inlined once per (kind of row, metric) with both as literals: with either decided inside
-    the loop, LLVM vectorised no score (measured, warm, 384-d rows: float32 106 ns per row, 47 ns with the kind
-    of row hoisted, 23 ns with the metric too; LVQ-8 97-127 ns per row with only those two hoisted)."""
+    ``_scan_rows`` is inlined once per kind of row (float32, LVQ-8, LVQ-4x8, LVQ-4) and metric, each a literal
+    there: with any of them decided inside the loop, LLVM vectorised no score (measured, warm, 384-d rows:
+    float32 106 ns per row, 47 ns with float32-or-codes hoisted, 23 ns with the metric too; LVQ-8 97-127 ns
+    with only those two hoisted, 31 ns with all)."""
     a = (q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, lo, hi, hs, hr, size, cap)
     dense, eight, two, l2 = rs[0].shape[0] > 0, rs[7] == 8, rs[2].shape[0] > 0, kind != IP
     if dense:
