@@ -57,8 +57,9 @@ def build(client: Client, name: str, base: np.ndarray, queries: np.ndarray):
     return col, client._backend._db.get_collection(name)
 
 
-def kernel_args(ecol, k: int, ef: int) -> tuple:
-    """The arguments ``CuratorIndex.search`` passes to the kernel, for tenant "all" (queries and outputs apart)."""
+def kernel_args(ecol, k: int, ef: int, mod=current) -> tuple:
+    """The arguments ``CuratorIndex.search`` passes to ``mod``'s kernel, for tenant "all" (queries and outputs
+    apart); a baseline copy of ``tree.py`` from before ``rows_kind`` takes one argument fewer."""
     idx = ecol.index
     lst = idx._lists[ecol._db._tenants.find("all")]
     cands = max(idx.candidates, ef >> 4, 2 * k)
@@ -67,7 +68,8 @@ def kernel_args(ecol, k: int, ef: int) -> tuple:
         lst.bounds = idx._leaf_bounds(lst.main)
     return (idx.table.store.kernel_args, idx._slot_row, idx._sc, idx.scan.kernel_args, lst.main, lst.tail,
             lst.nt, lst.bounds, idx._pcent, idx._bias, idx._topo, k, ef, cands, rerank, idx.max_sl_size,
-            idx.exact_max, idx.flat_max, idx._kind)  # fmt: skip
+            idx.exact_max, idx.flat_max, idx._kind) + ((idx.table.store.rows_kind,) if hasattr(mod, "ROWS_F32")
+                                                        else ())  # fmt: skip
 
 
 def time_kernel(mod, queries: np.ndarray, args: tuple) -> tuple[float, int, np.ndarray]:
@@ -113,9 +115,9 @@ def main() -> None:
     for name in a.kinds.split(","):
         col, ecol = build(client, name, base, queries)
         for ef in efs:
-            args = kernel_args(ecol, K, ef)
-            for mod in mods.values():  # compile or load from the cache, warm the caches
-                time_kernel(mod, q[:20], args)
+            args = {m: kernel_args(ecol, K, ef, mod) for m, mod in mods.items()}
+            for m, mod in mods.items():  # compile or load from the cache, warm the caches
+                time_kernel(mod, q[:20], args[m])
             col.search(q[:1], k=K, tenant="all", ef=ef)
             best = {m: np.inf for m in mods}
             sdk = np.inf
@@ -125,7 +127,7 @@ def main() -> None:
                 ids = np.concatenate([col.search(q[i : i + 1], k=K, tenant="all", ef=ef).ids for i in range(len(q))])
                 sdk = min(sdk, time.perf_counter() - t0)
                 for m, mod in list(mods.items())[:: 1 if rnd % 2 else -1]:  # alternate which kernel goes first
-                    t, scanned, rows = time_kernel(mod, q, args)
+                    t, scanned, rows = time_kernel(mod, q, args[m])
                     best[m] = min(best[m], t)
                     res[m] = (scanned, rows)
             scanned = res["new"][0]

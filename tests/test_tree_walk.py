@@ -129,6 +129,7 @@ def test_int16_weights_do_not_overflow():
 
 
 ROW_ENCODINGS = {"float32": (8, 0), "lvq8": (8, 0), "lvq4": (4, 0), "lvq4x8": (4, 8)}
+ROWS_KIND = {"float32": tk.ROWS_F32, "lvq8": tk.ROWS_LVQ8, "lvq4": tk.ROWS_LVQ4, "lvq4x8": tk.ROWS_LVQ4X8}
 
 
 def _rows(rng, encoding: str, kind: int, n: int = 300, d: int = 37):
@@ -170,7 +171,12 @@ def test_row_scores_match_reference(encoding, kind):
     qmu, qsum, qsq = tk._row_query(q, rs[1], rs[6], rs[7], qa1, qb1)
     k = 10
     hs, hr = np.empty(k, np.float32), np.empty(k, np.int64)
-    size = tk._scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, 0, n, kind, hs, hr, 0, k)
+    rows_kind = ROWS_KIND[encoding]
+    tail, nt = lst[:7].copy(), 5  # the first entries as a tail (two unused slots past nt), the rest as main
+    main = lst[7:]
+    size = tk._scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, main.size, kind, rows_kind, hs,
+                         hr, 0, k)  # fmt: skip
+    dead[5:7] = True  # entries 5 and 6 sit past the tail's end: never scanned
     live_rows = np.sort(slot_row[lst[~dead] & tk.ROW_MASK])
     want = live_rows[np.argsort(-ref[live_rows], kind="stable")[:k]]
     tol = 1e-4 * (np.abs(ref).max() + 1.0)
@@ -180,6 +186,6 @@ def test_row_scores_match_reference(encoding, kind):
     # the rescoring of candidate slots: every live slot a candidate, the same top k
     ks, kr = np.empty(k, np.float32), np.empty(k, np.int64)
     cand = (lst[~dead] & tk.ROW_MASK).astype(np.int64)
-    m = tk._rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, cand, cand.size, kind, ks, kr, k)
+    m = tk._rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, cand, cand.size, kind, rows_kind, ks, kr, k)
     assert m == k and set(kr[:m].tolist()) == set(want.tolist())
     np.testing.assert_allclose(ks[:m], ref[kr[:m]], rtol=0, atol=tol)

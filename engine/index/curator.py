@@ -547,7 +547,8 @@ class CuratorIndex:
         kern = _k.search if m == 1 else _k.search_parallel
         kern(queries, self.table.store.kernel_args, self._slot_row, self._sc, self.scan.kernel_args, lst.main,
              lst.tail, lst.nt, lst.bounds, self._pcent, self._bias, self._topo, k, ef, cands, rerank,
-             self.max_sl_size, self.exact_max, self.flat_max, self._kind, out_s, out_r)  # fmt: skip
+             self.max_sl_size, self.exact_max, self.flat_max, self._kind, self.table.store.rows_kind, out_s,
+             out_r)  # fmt: skip
         return out_s, out_r
 
     def _leaf_bounds(self, main: np.ndarray) -> np.ndarray:

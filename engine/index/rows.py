@@ -17,6 +17,7 @@ import numpy as np
 from engine import kernels
 from engine.kernels import lvq as lvq_kernels
 from engine.kernels import metrics
+from engine.kernels import tree as tree_kernels
 from engine.quant import lvq
 from engine.quant.codec import Codec
 
@@ -32,6 +33,9 @@ def _resized(a: np.ndarray, cap: int, keep: int) -> np.ndarray:
 
 class DenseRows:
     """float32 rows, prepared for the metric: every score read from them is exact."""
+
+    #: what the search kernels read from these rows (``engine.kernels.tree.ROWS_*``)
+    rows_kind = tree_kernels.ROWS_F32
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.dim = dim
@@ -80,6 +84,8 @@ class CodedRows:
         enc = self.level.encoding
         self.dense = enc == "float32"
         self.bits = 8 if enc in ("float32", "lvq8") else 4
+        kinds = {"float32": "ROWS_F32", "lvq8": "ROWS_LVQ8", "lvq4x8": "ROWS_LVQ4X8", "lvq4": "ROWS_LVQ4"}
+        self.rows_kind = getattr(tree_kernels, kinds[enc])  # what the search kernels read (``ROWS_*``)
         d = self.dim
         width = d if self.bits == 8 else (d + 1) // 2
         self.data = np.zeros((capacity if self.dense else 0, d), np.float32)

@@ -33,6 +33,8 @@ from numba.extending import intrinsic, overload
 _FLAGS = dict(nogil=True, fastmath=True, cache=True)
 _PAR = dict(nogil=True, fastmath=True, cache=True, parallel=True)
 IP, L2 = 0, 1
+#: what a table's rows hold (``rows_kind`` of the search kernels): float32 vectors, or LVQ-8, LVQ-4x8 or LVQ-4 codes
+ROWS_F32, ROWS_LVQ8, ROWS_LVQ4X8, ROWS_LVQ4 = 0, 1, 2, 3
 ROW_BITS = 32
 ROW_MASK = (1 << ROW_BITS) - 1
 DEAD = ROW_MASK  # row field of a tombstone
@@ -587,58 +589,64 @@ def _row_query(q, rcodes, rmean, rbits, qa1, qb1):
 
 
 @njit(**_FLAGS)
-def _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, lo, hi, kind, hs, hr, size, cap):
-    """Offer the live entries of ``lst[lo:hi]``, scored from the rows, keyed by table row, to the top-``cap``
-    heap: exact scores of float32 rows (``_dense_score``), else from the rows' codes (``_coded_score``).
+def _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, n, kind, rows_kind, hs, hr, size, cap):
+    """Offer the live entries of ``tail[:nt]`` and ``main[:n]``, scored from the rows, keyed by table row, to the
+    top-``cap`` heap: exact scores of float32 rows (``_dense_score``), else from the rows' codes
+    (``_coded_score``).
 
-    ``_scan_rows`` is inlined once per kind of row (float32, LVQ-8, LVQ-4x8, LVQ-4) and metric, each a literal
+    ``_scan_rows`` is inlined once per kind of row (``rows_kind``, ``ROWS_*``) and metric, with both as literals
     there: with any of them decided inside the loop, LLVM vectorised no score (measured, warm, 384-d rows:
-    float32 106 ns per row, 47 ns with float32-or-codes hoisted, 23 ns with the metric too; LVQ-8 97-127 ns
-    with only those two hoisted, 31 ns with all)."""
-    a = (q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, lo, hi, hs, hr, size, cap)
-    dense, eight, two, l2 = rs[0].shape[0] > 0, rs[7] == 8, rs[2].shape[0] > 0, kind != IP
-    if dense:
+    float32 106 ns per row, 47 ns with float32-or-codes hoisted, 23 ns with the metric too; LVQ-8 97-127 ns with
+    only those two hoisted, 31 ns with all). The price is compile time: a search kernel's first compile (cached
+    on disk afterwards) takes ~29 s instead of ~9; one call for both lists keeps it from doubling. (numba prunes
+    a branch on a literal argument only when comparing with None, so passing ``rows_kind`` as a literal would
+    not compile one kind alone.)"""
+    a = (q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, n, hs, hr, size, cap)
+    l2 = kind != IP
+    if rows_kind == ROWS_F32:
         if l2:
             return _scan_rows(a, True, False, False, True)
         return _scan_rows(a, True, False, False, False)
-    elif eight:
+    if rows_kind == ROWS_LVQ8:
         if l2:
             return _scan_rows(a, False, True, False, True)
         return _scan_rows(a, False, True, False, False)
-    elif two:
+    if rows_kind == ROWS_LVQ4X8:
         if l2:
             return _scan_rows(a, False, False, True, True)
         return _scan_rows(a, False, False, True, False)
-    else:
-        if l2:
-            return _scan_rows(a, False, False, False, True)
-        return _scan_rows(a, False, False, False, False)
+    if l2:
+        return _scan_rows(a, False, False, False, True)
+    return _scan_rows(a, False, False, False, False)
 
 
 @njit(inline="always", **_FLAGS)
 def _scan_rows(a, dense, eight, two, l2):
     """``_scan_full`` over its arguments ``a`` for one kind of row (float32 ``dense``, else LVQ codes of ``eight``
     bits or ``two`` levels) and metric (``l2``), all literals."""
-    q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, lst, lo, hi, hs, hr, size, cap = a
+    q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, n, hs, hr, size, cap = a
     data, rcodes, rres, rscale, rbias, rsqn, rmean, rbits = rs
-    for j in range(lo, hi):
-        if j + 2 < hi:
-            slot = lst[j + 2] & ROW_MASK
-            if slot != DEAD:
-                if dense:
-                    _prefetch_row(data, slot_row[slot], data.shape[1])
-                else:
-                    _prefetch_code(rcodes, slot_row[slot], rcodes.shape[1])
-        slot = lst[j] & ROW_MASK
-        if slot == DEAD:
-            continue
-        r = slot_row[slot]
-        if dense:
-            s = _dense_score(q, data, r, l2)
-        else:
-            s = _coded_score(q, qa1, qb1, qmu, qsum, qsq, rcodes, rres, rscale, rbias, rsqn, eight, two, l2, r)
-        if _beats(hs, hr, size, cap, s, r):
-            size = _hpush(hs, hr, size, cap, s, r)
+    for part in range(2):
+        lst = tail if part == 0 else main
+        hi = nt if part == 0 else n
+        for j in range(hi):
+            if j + 2 < hi:
+                slot = lst[j + 2] & ROW_MASK
+                if slot != DEAD:
+                    if dense:
+                        _prefetch_row(data, slot_row[slot], data.shape[1])
+                    else:
+                        _prefetch_code(rcodes, slot_row[slot], rcodes.shape[1])
+            slot = lst[j] & ROW_MASK
+            if slot == DEAD:
+                continue
+            r = slot_row[slot]
+            if dense:
+                s = _dense_score(q, data, r, l2)
+            else:
+                s = _coded_score(q, qa1, qb1, qmu, qsum, qsq, rcodes, rres, rscale, rbias, rsqn, eight, two, l2, r)
+            if _beats(hs, hr, size, cap, s, r):
+                size = _hpush(hs, hr, size, cap, s, r)
     return size
 
 
@@ -722,27 +730,26 @@ def _scan_codes(qc, sc, bits, lst, lo, hi, kind, hs, hr, size, cap):
 
 
 @njit(**_FLAGS)
-def _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, ks, kr, k):
+def _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, rows_kind, ks, kr, k):
     """Scores of the ``size`` candidate slots in ``hr`` from the rows into the top-``k`` heap of table rows
     (specialised per kind of row and metric, as ``_scan_full``)."""
     a = (q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, ks, kr, k)
-    dense, eight, two, l2 = rs[0].shape[0] > 0, rs[7] == 8, rs[2].shape[0] > 0, kind != IP
-    if dense:
+    l2 = kind != IP
+    if rows_kind == ROWS_F32:
         if l2:
             return _rescore_rows(a, True, False, False, True)
         return _rescore_rows(a, True, False, False, False)
-    elif eight:
+    if rows_kind == ROWS_LVQ8:
         if l2:
             return _rescore_rows(a, False, True, False, True)
         return _rescore_rows(a, False, True, False, False)
-    elif two:
+    if rows_kind == ROWS_LVQ4X8:
         if l2:
             return _rescore_rows(a, False, False, True, True)
         return _rescore_rows(a, False, False, True, False)
-    else:
-        if l2:
-            return _rescore_rows(a, False, False, False, True)
-        return _rescore_rows(a, False, False, False, False)
+    if l2:
+        return _rescore_rows(a, False, False, False, True)
+    return _rescore_rows(a, False, False, False, False)
 
 
 @njit(inline="always", **_FLAGS)
@@ -831,7 +838,7 @@ def _query_codes(q, cd, kind, qn, qa, qb, qw, qi, qq):
 @njit(**_FLAGS)
 def _search_one(
     q, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
-    exact_max, flat_max, kind, wf, wi, wq, out_s, out_r,
+    exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s, out_r,
 ):  # fmt: skip
     """Top-k of one query over one tenant (curator.md §2.6-2.7, with scan codes); returns entries scanned.
 
@@ -850,7 +857,7 @@ def _search_one(
     ``rs = (data, codes, residual, scale, bias, sqnorm, mean, bits)`` are the rows (``_scan_full``);
     ``sc = (codes, mul, add, sub)`` the scan codes by slot and ``cd = (P int8 [p, D], its row scales [p],
     offset [p], per-coordinate code scale [p], code bits)`` their query side (``_query_codes``); ``wf``/``wi``/
-    ``wq`` are float32/int64/int16 workspaces (``_workspace``).
+    ``wq`` are float32/int64/int16 workspaces (``_workspace``); ``rows_kind`` says what ``rs`` holds (``ROWS_*``).
     """
     n = main.shape[0]
     rcodes = rs[1]
@@ -862,8 +869,7 @@ def _search_one(
     if n + nt <= exact_max or topo[1, 0] == 0:
         ks = wf[o : o + k]
         kr = wi[:k]
-        m = _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, 0, nt, kind, ks, kr, 0, k)
-        m = _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, main, 0, n, kind, ks, kr, m, k)
+        m = _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, n, kind, rows_kind, ks, kr, 0, k)
         _write(ks, kr, m, out_s, out_r)
         return n + nt
     bits = cd[4]
@@ -931,7 +937,7 @@ def _search_one(
             start = stop
     while size > r2:
         size = _pop_worst(hs, hr, size)
-    m = _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, ks, kr, k)
+    m = _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, rows_kind, ks, kr, k)
     _write(ks, kr, m, out_s, out_r)
     return scanned
 
@@ -949,18 +955,18 @@ def _workspace(rs, cd, nn, k, cands, d):
 @njit(**_FLAGS)
 def search(
     queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
-    exact_max, flat_max, kind, out_s, out_r,
+    exact_max, flat_max, kind, rows_kind, out_s, out_r,
 ):  # fmt: skip
     """Serial batch: each query row searched in turn into ``out_s``/``out_r``. Returns entries scanned.
 
-    ``rs``, ``sc`` and ``cd`` are as in ``_search_one``.
+    ``rs``, ``sc`` and ``cd`` are as in ``_search_one``; ``rows_kind`` (``ROWS_*``) says what ``rs`` holds.
     """
     wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands, queries.shape[1])
     total = 0
     for i in range(queries.shape[0]):
         total += _search_one(
             queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank,
-            max_sl, exact_max, flat_max, kind, wf, wi, wq, out_s[i], out_r[i],
+            max_sl, exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s[i], out_r[i],
         )  # fmt: skip
     return total
 
@@ -968,12 +974,12 @@ def search(
 @njit(**_PAR)
 def search_parallel(
     queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
-    exact_max, flat_max, kind, out_s, out_r,
+    exact_max, flat_max, kind, rows_kind, out_s, out_r,
 ):  # fmt: skip
     """The same, one query per thread."""
     for i in prange(queries.shape[0]):
         wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands, queries.shape[1])
         _search_one(
             queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank,
-            max_sl, exact_max, flat_max, kind, wf, wi, wq, out_s[i], out_r[i],
+            max_sl, exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s[i], out_r[i],
         )  # fmt: skip
