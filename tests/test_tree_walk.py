@@ -3,8 +3,8 @@
 ``_query_codes`` + ``_scan_codes`` must rank entries like the plain float formula of the scan codes
 (``engine.index.scancodes``): ``mul * <w, c> + add * sum(w) [- sub]``, with ``c`` the 8-bit code or the two
 nibbles of a 4-bit byte. Both the integer path (byte codes of ``FAST_WIDTH`` bytes) and the float path (other
-widths, float32 codes) are checked, with tombstones in the entry list. The rows' own scores (the exact scan of
-small tenants, ``_scan_full``, and the rescoring, ``_rescore``) must equal the float32 surrogate for float32 rows
+widths, float32 codes) are checked, with tombstones in the entry list. The rows' own scores (``_scan_full``: the exact
+scan of small tenants, and the rescoring of candidates) must equal the float32 surrogate for float32 rows
 and the surrogate of the decoded vector for LVQ rows (``l2``: with the originals' stored squared norms).
 """
 
@@ -183,9 +183,10 @@ def test_row_scores_match_reference(encoding, kind):
     assert size == k
     np.testing.assert_allclose(hs[:size], ref[hr[:size]], rtol=0, atol=tol)
     assert set(hr[:size].tolist()) == set(want.tolist())
-    # the rescoring of candidate slots: every live slot a candidate, the same top k
+    # the rescoring reads the candidates' code slots as a list of entries: every live slot a candidate, same top k
     ks, kr = np.empty(k, np.float32), np.empty(k, np.int64)
     cand = (lst[~dead] & tk.ROW_MASK).astype(np.int64)
-    m = tk._rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, cand, cand.size, kind, rows_kind, ks, kr, k)
+    m = tk._scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, cand, cand.size, cand, 0, kind, rows_kind, ks, kr,
+                      0, k)  # fmt: skip
     assert m == k and set(kr[:m].tolist()) == set(want.tolist())
     np.testing.assert_allclose(ks[:m], ref[kr[:m]], rtol=0, atol=tol)

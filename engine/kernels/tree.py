@@ -592,13 +592,14 @@ def _row_query(q, rcodes, rmean, rbits, qa1, qb1):
 def _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, n, kind, rows_kind, hs, hr, size, cap):
     """Offer the live entries of ``tail[:nt]`` and ``main[:n]``, scored from the rows, keyed by table row, to the
     top-``cap`` heap: exact scores of float32 rows (``_dense_score``), else from the rows' codes
-    (``_coded_score``).
+    (``_coded_score``). A search calls it once, either for a small tenant's whole list or for the rescoring of
+    its candidates (their code slots read as entries).
 
     ``_scan_rows`` is inlined once per kind of row (``rows_kind``, ``ROWS_*``) and metric, with both as literals
     there: with any of them decided inside the loop, LLVM vectorised no score (measured, warm, 384-d rows:
     float32 106 ns per row, 47 ns with float32-or-codes hoisted, 23 ns with the metric too; LVQ-8 97-127 ns with
     only those two hoisted, 31 ns with all). The price is compile time: a search kernel's first compile (cached
-    on disk afterwards) takes ~29 s instead of ~9; one call for both lists keeps it from doubling. (numba prunes
+    on disk afterwards) takes ~29 s instead of ~9; a single call site keeps it from doubling. (numba prunes
     a branch on a literal argument only when comparing with None, so passing ``rows_kind`` as a literal would
     not compile one kind alone.)"""
     a = (q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, tail, nt, main, n, hs, hr, size, cap)
@@ -727,51 +728,6 @@ def _scan_codes(qc, sc, bits, lst, lo, hi, kind, hs, hr, size, cap):
             since = 0
             entered = True
     return size, since, entered
-
-
-@njit(**_FLAGS)
-def _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, rows_kind, ks, kr, k):
-    """Scores of the ``size`` candidate slots in ``hr`` from the rows into the top-``k`` heap of table rows
-    (specialised per kind of row and metric, as ``_scan_full``)."""
-    a = (q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, ks, kr, k)
-    l2 = kind != IP
-    if rows_kind == ROWS_F32:
-        if l2:
-            return _rescore_rows(a, True, False, False, True)
-        return _rescore_rows(a, True, False, False, False)
-    if rows_kind == ROWS_LVQ8:
-        if l2:
-            return _rescore_rows(a, False, True, False, True)
-        return _rescore_rows(a, False, True, False, False)
-    if rows_kind == ROWS_LVQ4X8:
-        if l2:
-            return _rescore_rows(a, False, False, True, True)
-        return _rescore_rows(a, False, False, True, False)
-    if l2:
-        return _rescore_rows(a, False, False, False, True)
-    return _rescore_rows(a, False, False, False, False)
-
-
-@njit(inline="always", **_FLAGS)
-def _rescore_rows(a, dense, eight, two, l2):
-    """``_rescore`` over its arguments ``a`` for one kind of row and metric, literals as in ``_scan_rows``."""
-    q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, ks, kr, k = a
-    data, rcodes, rres, rscale, rbias, rsqn, rmean, rbits = rs
-    for j in range(size):
-        if dense:
-            _prefetch_row(data, slot_row[hr[j]], data.shape[1])
-        else:
-            _prefetch_code(rcodes, slot_row[hr[j]], rcodes.shape[1])
-    m = 0
-    for j in range(size):
-        r = slot_row[hr[j]]
-        if dense:
-            sc = _dense_score(q, data, r, l2)
-        else:
-            sc = _coded_score(q, qa1, qb1, qmu, qsum, qsq, rcodes, rres, rscale, rbias, rsqn, eight, two, l2, r)
-        if _beats(ks, kr, m, k, sc, r):
-            m = _hpush(ks, kr, m, k, sc, r)
-    return m
 
 
 @njit(**_FLAGS)
@@ -937,7 +893,8 @@ def _search_one(
             start = stop
     while size > r2:
         size = _pop_worst(hs, hr, size)
-    m = _rescore(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, kind, rows_kind, ks, kr, k)
+    # the candidates' code slots, read as a list of entries, rescored from the rows into the top-k heap
+    m = _scan_full(q, qa1, qb1, qmu, qsum, qsq, rs, slot_row, hr, size, hr, 0, kind, rows_kind, ks, kr, 0, k)
     _write(ks, kr, m, out_s, out_r)
     return scanned
 
