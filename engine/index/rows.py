@@ -84,8 +84,12 @@ class CodedRows:
         enc = self.level.encoding
         self.dense = enc == "float32"
         self.bits = 8 if enc in ("float32", "lvq8") else 4
-        kinds = {"float32": "ROWS_F32", "lvq8": "ROWS_LVQ8", "lvq4x8": "ROWS_LVQ4X8", "lvq4": "ROWS_LVQ4"}
-        self.rows_kind = getattr(tree_kernels, kinds[enc])  # what the search kernels read (``ROWS_*``)
+        self.rows_kind = {  # what the search kernels read from these rows
+            "float32": tree_kernels.ROWS_F32,
+            "lvq8": tree_kernels.ROWS_LVQ8,
+            "lvq4x8": tree_kernels.ROWS_LVQ4X8,
+            "lvq4": tree_kernels.ROWS_LVQ4,
+        }[enc]
         d = self.dim
         width = d if self.bits == 8 else (d + 1) // 2
         self.data = np.zeros((capacity if self.dense else 0, d), np.float32)
