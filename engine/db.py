@@ -415,27 +415,16 @@ class Collection:
         from the next index build (``build_index()`` rebuilds now). Unset, the server's default
         (``GROVE_TREE_BUILD``, else top down) applies.
         """
-        for name, value, top in (
-            ("query_reservoir", query_reservoir, None),
-            ("auto_index_rows", auto_index_rows, None),
-            ("refined_tree", refined_tree, 1),
-        ):
-            if value is None:
-                continue
+        given = {"query_reservoir": query_reservoir, "auto_index_rows": auto_index_rows, "refined_tree": refined_tree}
+        given = {name: value for name, value in given.items() if value is not None}
+        for name, value in given.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgument(f"{name} must be a non-negative integer, got {value!r}")
-            if top is not None and value > top:
-                raise InvalidArgument(f"{name} must be 0 or 1, got {value!r}")
+        if given.get("refined_tree", 0) > 1:
+            raise InvalidArgument(f"refined_tree must be 0 or 1, got {given['refined_tree']!r}")
         with self._writer:
             self._check_open()
-            settings = self._settings()
-            for name, value in (
-                ("query_reservoir", query_reservoir),
-                ("auto_index_rows", auto_index_rows),
-                ("refined_tree", refined_tree),
-            ):
-                if value is not None:
-                    settings[name] = int(value)
+            settings = {**self._settings(), **{name: int(value) for name, value in given.items()}}
             self._db._save_settings(self, settings)
             self._apply_settings(settings)
         return {k: float(v) for k, v in settings.items()}
