@@ -59,7 +59,8 @@ def build(client: Client, name: str, base: np.ndarray, queries: np.ndarray):
 
 def kernel_args(ecol, k: int, ef: int, mod=current) -> tuple:
     """The arguments ``CuratorIndex.search`` passes to ``mod``'s kernel, for tenant "all" (queries and outputs
-    apart); a baseline copy of ``tree.py`` from before ``rows_kind`` takes one argument fewer."""
+    apart); a baseline copy of ``tree.py`` from before ``rows_kind`` or the leaf-order scan takes one argument
+    fewer for each."""
     idx = ecol.index
     lst = idx._lists[ecol._db._tenants.find("all")]
     cands = max(idx.candidates, ef >> 4, 2 * k)
@@ -67,7 +68,8 @@ def kernel_args(ecol, k: int, ef: int, mod=current) -> tuple:
     if lst.bounds is None:
         lst.bounds = idx._leaf_bounds(lst.main)
     return (idx.table.store.kernel_args, idx._slot_row, idx._sc, idx.scan.kernel_args, lst.main, lst.tail,
-            lst.nt, lst.bounds, idx._pcent, idx._bias, idx._topo, k, ef, cands, rerank, idx.max_sl_size,
+            lst.nt, lst.bounds, idx._pcent, idx._bias, idx._topo) + (
+            (idx._leaves,) if hasattr(mod, "_scan_leaf_order") else ()) + (k, ef, cands, rerank, idx.max_sl_size,
             idx.exact_max, idx.flat_max, idx._kind) + ((idx.table.store.rows_kind,) if hasattr(mod, "ROWS_F32")
                                                         else ())  # fmt: skip
 

@@ -166,39 +166,57 @@ def test_wide_search_is_exact_over_a_split_tree(rng, metric, flat_max):
         h.check(clustered(rng, 5, 16), 10, t, exact=True)
 
 
-def test_leaf_bounds_split_nodes_where_binary_search_does(rng, monkeypatch):
-    """A large tenant's cached leaf bounds change how a walk finds split points, never what it finds."""
-    h = trained_harness(rng, n=2_000, tenants=2)
-    q = h.query(clustered(rng, 20, 16))
-    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 10**9)
-    plain = h.index.search(q, 10, 0, ef=64)
-    assert h.index._lists[0].bounds.size == 0
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_large_tenant_scanned_leaf_by_leaf_finds_what_a_full_code_scan_finds(rng, monkeypatch, metric):
+    """A tenant with leaf bounds is searched leaf by leaf in the leaves' own priority order; with an ``ef`` that
+    covers it, it scans every entry once and ranks the same candidates as scanning all its codes flat, tail and
+    tombstones included."""
+    h = trained_harness(rng, n=2_000, tenants=2, metric=metric)
+    h.delete(np.array(sorted(h.sees[0]))[:40])  # tombstones in the sorted list
+    h.insert(clustered(rng, TAIL_CAP // 2, 16), 0)  # and entries in the tail
+    q = clustered(rng, 20, 16)
     monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 1)
-    h.index._lists[0].bounds = None
-    cached = h.index.search(q, 10, 0, ef=64)
-    bounds = h.index._lists[0].bounds
-    assert bounds.size == h.index.tree.n_leaves + 1 and bounds[-1] == h.index._lists[0].main.shape[0]
-    np.testing.assert_array_equal(cached[1], plain[1])
-    np.testing.assert_array_equal(cached[0], plain[0])
-    h.insert(clustered(rng, TAIL_CAP + 1, 16), 0)  # overflows the tail: main is rebuilt, the bounds dropped
+    lst = h.index._lists[0]
+    wide = dict(ef=10**6, candidates=64, rerank=32)
+    by_leaf = h.check(q, 10, 0, exact=False, **wide)
+    assert lst.bounds.size == h.index.tree.n_leaves + 1 and lst.bounds[-1] == lst.main.shape[0]
+    h.index.flat_max = 10**6
+    flat = h.check(q, 10, 0, exact=False, **wide)
+    np.testing.assert_array_equal(by_leaf[1], flat[1])
+    np.testing.assert_array_equal(by_leaf[0], flat[0])
+    h.insert(clustered(rng, TAIL_CAP, 16), 0)  # overflows the tail: main is rebuilt, the bounds dropped
     assert h.index._lists[0].bounds is None
 
 
-def test_batch_equals_single_queries(rng):
-    h = trained_harness(rng)
-    q = h.query(clustered(rng, 7, 16))
-    s_batch, r_batch = h.index.search(q, 10, 2)
-    for i in range(q.shape[0]):
-        s1, r1 = h.index.search(q[i : i + 1], 10, 2)
-        np.testing.assert_array_equal(r1[0], r_batch[i])
-        np.testing.assert_allclose(s1[0], s_batch[i], rtol=1e-6)
+def test_leaf_order_scans_the_best_leaves_first(rng, monkeypatch):
+    """With a modest ``ef`` a leaf-order search stops after a fraction of the tenant, and what it scanned were
+    the leaves nearest the query: it still finds nearly all of the exact top-10."""
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 1)
+    h = trained_harness(rng, n=3_000, tenants=1, d=16, metric="l2")
+    lst = h.index._lists[0]
+    bounds = h.index._leaf_bounds(lst.main)
+    ef = 128
+    assert bounds.size > 0 and ef >= ktree.LEAF_ORDER_EF_PER_LEAF * h.index.tree.n_leaves  # leaf order, not the walk
+    qp = h.query(clustered(rng, 20, 16))
+    hits = scanned = 0
+    for i in range(qp.shape[0]):
+        out_s, out_r = np.empty((1, 10), np.float32), np.empty((1, 10), np.int64)
+        scanned += ktree.search(qp[i : i + 1], h.index.table.store.kernel_args, h.index._slot_row, h.index._sc,
+                               h.index.scan.kernel_args, lst.main, lst.tail, lst.nt, bounds, h.index._pcent,
+                               h.index._bias, h.index._topo, h.index._leaves, 10, ef, 64, 64, h.index.max_sl_size,
+                               h.index.exact_max, h.index.flat_max, h.index._kind, h.index.table.store.rows_kind,
+                               out_s, out_r)  # fmt: skip
+        _, want = h.oracle(qp[i], 10, 0)
+        hits += len(set(want[0].tolist()) & set(out_r[0].tolist()))
+    assert scanned / qp.shape[0] < lst.main.shape[0] / 4
+    assert hits / (10 * qp.shape[0]) >= 0.97
 
 
 @pytest.mark.parametrize("leaf_bounds", [False, True])
 def test_random_updates_never_leak(rng, monkeypatch, leaf_bounds):
     """Random grants, revokes, deletes, overwrites and inserts across split/merge thresholds, checked each step;
-    with ``leaf_bounds`` every tenant's walk splits nodes by its cached leaf bounds, which the updates must
-    keep current."""
+    with ``leaf_bounds`` every tenant is searched leaf by leaf through its cached leaf bounds, which the updates
+    must keep current."""
     monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 0 if leaf_bounds else 10**9)
     h = trained_harness(rng, n=500, tenants=4, **EXACT)
     n_tenants = 7

@@ -190,3 +190,63 @@ def test_row_scores_match_reference(encoding, kind):
                       0, k)  # fmt: skip
     assert m == k and set(kr[:m].tolist()) == set(want.tolist())
     np.testing.assert_allclose(ks[:m], ref[kr[:m]], rtol=0, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------- leaf order
+def _leaf_case(rng, n_leaves: int, pn: int):
+    """Leaf centroids (as the index keeps them: int8 rows in leaf-rank order), node biases, and leaf bounds with
+    some leaves empty."""
+    from engine.index.scancodes import int8_rows
+
+    cent = rng.normal(size=(n_leaves, pn)).astype(np.float32)
+    lcent, lscale = int8_rows(cent)
+    lnode = rng.permutation(2 * n_leaves)[:n_leaves].astype(np.int32)  # leaves are some of the nodes
+    pbias = rng.normal(size=2 * n_leaves).astype(np.float32) + 5
+    sizes = rng.integers(0, 4, n_leaves)
+    sizes[rng.random(n_leaves) < 0.3] = 0
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return cent, (lcent, lscale, lnode), pbias, bounds
+
+
+@pytest.mark.parametrize("pn", [16, 128, 600])
+def test_leaf_priorities_are_the_node_priorities_of_non_empty_leaves(pn):
+    """``pbias[node] - 2 q . c`` of every leaf holding entries, in leaf-rank order, within the int8/int16 rounding
+    (also past 516 dims, where the query's integer weights shrink to keep the int32 sum exact)."""
+    rng = np.random.default_rng(11)
+    cent, leaves, pbias, bounds = _leaf_case(rng, 300, pn)
+    q = rng.normal(size=pn).astype(np.float32)
+    pri = np.empty(300, np.float32)
+    rk = np.empty(300, np.int64)
+    m, lo, hi = tk.leaf_priorities(bounds, pbias, leaves, q, np.empty(pn, np.int16), pri, rk)
+    want_rank = np.flatnonzero(np.diff(bounds) > 0)
+    np.testing.assert_array_equal(rk[:m], want_rank)
+    want = pbias[leaves[2][want_rank]] - 2 * cent[want_rank] @ q
+    dot_scale = 2 * np.abs(cent).max(axis=1)[want_rank] * np.abs(q).sum()
+    assert np.all(np.abs(pri[:m] - want) <= 0.01 * dot_scale)
+    assert (lo, hi) == (pri[:m].min(), pri[:m].max())
+
+
+@pytest.mark.parametrize("m", [1, 3, 50, 6000])
+@pytest.mark.parametrize("values", ["spread", "ties", "constant", "outlier"])
+def test_priority_buckets_sorted_one_by_one_give_ascending_order(m, values):
+    """Buckets hold disjoint, ordered priority ranges, so sorting each in turn (as the scan reaches it) yields
+    every item once, in ascending order: ties, a single value (zero width), an outlier that crowds the rest into
+    one bucket, and more items than ``4 * MAX_BUCKETS`` included."""
+    rng = np.random.default_rng(m)
+    pri = {
+        "spread": rng.normal(size=m),
+        "ties": rng.integers(0, 5, m).astype(np.float64),
+        "constant": np.full(m, 2.5),
+        "outlier": np.concatenate([[1e6], rng.normal(size=m - 1)]),
+    }[values].astype(np.float32)
+    perm = np.full(m, -7, np.int64)
+    starts = np.full(m + 2, -7, np.int64)
+    nb = tk.bucket_by_priority(pri, m, pri.min(), pri.max(), perm, starts)
+    assert 1 <= nb <= max(1, min(m // 4, tk.MAX_BUCKETS)) and starts[0] == 0 and starts[nb] == m
+    for b in range(nb):
+        bucket = pri[perm[starts[b] : starts[b + 1]]]
+        nxt = pri[perm[starts[b + 1] : starts[nb]]]
+        assert bucket.size == 0 or nxt.size == 0 or bucket.max() <= nxt.min()
+        tk._sort_bucket(pri, perm, starts[b], starts[b + 1])
+    np.testing.assert_array_equal(np.sort(perm), np.arange(m))
+    np.testing.assert_array_equal(pri[perm], np.sort(pri))

@@ -45,6 +45,12 @@ PREFETCH_AHEAD = 16
 #: scan-code width (bytes) scored by the integer path of ``_scan_codes``: a literal trip count lets LLVM unroll
 #: the int16 x byte products into ``vpmaddwd`` without remainder loops (a runtime width measured no faster)
 FAST_WIDTH = 128
+#: most priority buckets of a leaf-order scan (``_scan_leaf_order``); it uses one per 4 of the tenant's leaves
+MAX_BUCKETS = 1024
+#: a tenant with leaf bounds is scanned in leaf order when ``ef`` is at least this many per leaf of the tree: below,
+#: ranking every leaf (~5 ns each) costs more than the better order saves (measured, one 84k tenant, 2.2k leaves,
+#: OOD queries: the same time for the same recall near ef 512, leaf order ahead above, the walk below)
+LEAF_ORDER_EF_PER_LEAF = 0.25
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -730,6 +736,146 @@ def _scan_codes(qc, sc, bits, lst, lo, hi, kind, hs, hr, size, cap):
     return size, since, entered
 
 
+#: ``_scan_codes`` inlined where it runs once per leaf of a loop over leaves: a call passes ten arrays, whose
+#: reference counting costs ~0.9 ns per entry scanned (measured, 84k tenant, OOD queries: -8% time per query)
+_scan_codes_inline = njit(inline="always", **_FLAGS)(_scan_codes.py_func)
+
+
+@njit(inline="always", **_FLAGS)
+def _sort_bucket(pri, perm, lo, hi):
+    """Sort ``perm[lo:hi]`` by ``pri[perm[.]]``, stably: a bucket usually holds a few leaves (insertion sort), but
+    outlying priorities can crowd the rest into a few buckets (then a merge sort, not a quadratic one)."""
+    if hi - lo > 32:
+        seg = perm[lo:hi].copy()
+        keys = np.empty(hi - lo, np.float32)
+        for i in range(hi - lo):
+            keys[i] = pri[seg[i]]
+        order = np.argsort(keys, kind="mergesort")
+        for i in range(hi - lo):
+            perm[lo + i] = seg[order[i]]
+        return
+    for i in range(lo + 1, hi):
+        x = perm[i]
+        px = pri[x]
+        j = i - 1
+        while j >= lo and pri[perm[j]] > px:
+            perm[j + 1] = perm[j]
+            j -= 1
+        perm[j + 1] = x
+
+
+@njit(**_FLAGS)
+def leaf_priorities(bounds, pbias, leaves, qnode, qi16, pri, rk):
+    """The node priority of each leaf that holds entries (``bounds[r + 1] > bounds[r]``), in leaf-rank order:
+    ``pri[i] = pbias[node] - 2 q' . c'`` for leaf ``rk[i]``, from the leaf's int8 centroid (``leaves = (int8 [L,
+    pn], row scales [L], node [L])`` in leaf-rank order) against ``qnode`` as int16 (``qi16`` is scratch of
+    ``pn``). Returns ``(m, lowest, highest)``, ``m`` the leaves scored."""
+    lcent, lscale, lnode = leaves
+    pn = qnode.shape[0]
+    qmax = np.float32(0.0)
+    for t in range(pn):
+        qmax = max(qmax, abs(qnode[t]))
+    # |sum qi16 * c| <= 32767 * 127 * pn stays inside int32 for pn <= 516; a longer query gets smaller weights
+    alpha = np.float32(min(32767.0, 2147483647.0 / (127.0 * max(pn, 1))) / max(qmax, np.float32(1e-30)))
+    for t in range(pn):
+        qi16[t] = np.int16(np.rint(qnode[t] * alpha))
+    two = np.float32(2.0) / alpha
+    m = 0
+    lo_p = hi_p = np.float32(0.0)  # (not +-inf: fastmath lets LLVM assume no infinities)
+    for r in range(bounds.shape[0] - 1):
+        if bounds[r + 1] > bounds[r]:
+            acc = np.int32(0)
+            for t in range(pn):
+                acc = np.int32(acc + np.int32(qi16[t]) * np.int32(lcent[r, t]))
+            p = pbias[lnode[r]] - two * lscale[r] * np.float32(acc)
+            pri[m] = p
+            rk[m] = r
+            lo_p = p if m == 0 else min(lo_p, p)
+            hi_p = p if m == 0 else max(hi_p, p)
+            m += 1
+    return m, lo_p, hi_p
+
+
+@njit(**_FLAGS)
+def bucket_by_priority(pri, m, lo_p, hi_p, perm, starts):
+    """Counting sort of ``pri[:m]`` into ``nb`` uniform buckets over ``[lo_p, hi_p]``, one per 4 items (at most
+    ``MAX_BUCKETS``): bucket ``b`` is ``perm[starts[b]:starts[b + 1]]`` (indices into ``pri``, ascending within
+    the bucket until sorted), and every item of a bucket is at most every item of the next. Returns ``nb``.
+    ``perm`` (int64) holds ``m`` items, ``starts`` ``nb + 1``."""
+    nb = max(1, min(m // 4, MAX_BUCKETS))
+    span = hi_p - lo_p
+    # a span too narrow to divide by (or none) puts every item in bucket 0: the bucket sort then orders them
+    inv_width = np.float32(nb) / span if span > np.float32(1e-30) else np.float32(0.0)
+    for b in range(nb + 1):
+        starts[b] = 0
+    for i in range(m):
+        b = min(np.int64((pri[i] - lo_p) * inv_width), nb - 1)
+        perm[i] = b  # item i's bucket in the low bits, computed once so that both passes agree on it
+        starts[b + 1] += 1
+    for b in range(nb):
+        starts[b + 1] += starts[b]
+    # each item goes to its bucket's cursor, into the high bits: the low bits (the buckets) stay readable
+    for i in range(m):
+        b = perm[i] & ROW_MASK
+        perm[starts[b]] |= np.int64(i) << ROW_BITS
+        starts[b] += 1
+    for i in range(m):
+        perm[i] >>= ROW_BITS
+    for b in range(nb, 0, -1):  # each cursor ended at its bucket's end, the next one's start: shift them back
+        starts[b] = starts[b - 1]
+    starts[0] = 0
+    return nb
+
+
+@njit(**_FLAGS)
+def _scan_leaf_order(qc, sc, bits, main, bounds, pbias, leaves, qnode, qi16, ef, kind, hs, hr, size, cap, pri, rk,
+                     perm, starts):  # fmt: skip
+    """Scan a large tenant's leaves (``bounds``: where each leaf rank starts in ``main``) best first by each
+    leaf's *own* priority, until the last ``ef`` scanned entries left the candidate heap unchanged; returns
+    ``(size, entries scanned)``.
+
+    This replaces the best-first walk for tenants with leaf bounds (at least ``BOUNDS_PER_LEAF`` entries per leaf
+    on average) searched wide (``LEAF_ORDER_EF_PER_LEAF``). The walk reaches a leaf only through its ancestors,
+    whose priorities stand for whole subtrees, so it scans leaves out of their own order (and pushes every child
+    of every node it expands). Here every non-empty leaf is scored once (``leaf_priorities``), counted into
+    priority buckets (``bucket_by_priority``), and each bucket is sorted only when the scan reaches it. Measured
+    on one 84k tenant of the shared data, OOD queries (``bench/tree_walk.py``): ~30% fewer entries scanned for
+    recall@10 0.95, and ~30% less time.
+    ``pri``/``rk``/``perm``/``starts`` are scratch of at least ``L + 1`` (``L`` leaves).
+    """
+    m, lo_p, hi_p = leaf_priorities(bounds, pbias, leaves, qnode, qi16, pri, rk)
+    if m == 0:
+        return size, 0
+    nb = bucket_by_priority(pri, m, lo_p, hi_p, perm, starts)
+    w = sc[0].shape[1]
+    scanned = 0
+    misses = 0
+    pos = 0
+    ready = 0  # perm[:ready] is in final order
+    b = 0
+    while True:
+        while pos + 1 >= ready and b < nb:  # the next leaf's place is final too, for its prefetch
+            _sort_bucket(pri, perm, starts[b], starts[b + 1])
+            ready = starts[b + 1]
+            b += 1
+        if pos >= ready:
+            break
+        r = rk[perm[pos]]
+        if pos + 1 < ready:
+            nr = rk[perm[pos + 1]]
+            for j in range(bounds[nr], min(bounds[nr + 1], bounds[nr] + PREFETCH_AHEAD)):
+                _prefetch_code(sc[0], main[j] & ROW_MASK, w)
+        lo = bounds[r]
+        hi = bounds[r + 1]
+        size, since, entered = _scan_codes_inline(qc, sc, bits, main, lo, hi, kind, hs, hr, size, cap)
+        scanned += hi - lo
+        misses = since if entered else misses + since
+        pos += 1
+        if misses >= ef:
+            break
+    return size, scanned
+
+
 @njit(**_FLAGS)
 def _write(ks, kr, m, out_s, out_r):
     """Drain the top heap best first into ``out_s``/``out_r`` and pad the rest with (-inf, -1)."""
@@ -793,13 +939,16 @@ def _query_codes(q, cd, kind, qn, qa, qb, qw, qi, qq):
 
 @njit(**_FLAGS)
 def _search_one(
-    q, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    q, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, leaves, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s, out_r,
 ):  # fmt: skip
     """Top-k of one query over one tenant (curator.md §2.6-2.7, with scan codes); returns entries scanned.
 
     * At most ``exact_max`` entries, or an untrained tree: every row is scored from the rows (``rs``).
     * At most ``flat_max`` entries: every scan code is scanned (no tree walk), then the rescoring below.
+    * A tenant with leaf ``bounds`` (a large one) searched with an ``ef`` of at least ``LEAF_ORDER_EF_PER_LEAF``
+      per leaf: its leaves scanned in the order of their own priorities (``_scan_leaf_order``, ``leaves`` its int8
+      leaf centroids), with the same early stop, then the rescoring.
     * Otherwise best-first over the tenant's subtree: the frontier holds tree nodes whose subtree holds some
       of the tenant's entries, by priority ``pbias[c] - 2 q' . pcent[c]``. A popped node with at most ``max_sl``
       entries (a shortlist), or a GCT leaf, is scanned from the scan codes into a candidate heap of capacity
@@ -853,13 +1002,19 @@ def _search_one(
     qc = (qa, qb, qw, qi, iscale, sigma)
     size, _, _ = _scan_codes(qc, sc, bits, tail, 0, nt, kind, hs, hr, 0, cap)
     scanned = nt
-    # a tenant of at most flat_max entries: its codes are scanned whole (cheaper than walking the tree)
-    fsize = 0 if n <= flat_max else _fpush(fs, fn, flo, fhi, 0, np.float32(0.0), 0, 0, n)
-    if n <= flat_max:
-        size, _, _ = _scan_codes(qc, sc, bits, main, 0, n, kind, hs, hr, size, cap)
-        scanned += n
     misses = 0
     qnode = qn[:pn]
+    fsize = 0
+    if n <= flat_max:
+        # a tenant of at most flat_max entries: its codes are scanned whole (cheaper than walking the tree)
+        size, _, _ = _scan_codes(qc, sc, bits, main, 0, n, kind, hs, hr, size, cap)
+        scanned += n
+    elif bounds.shape[0] > 0 and ef >= LEAF_ORDER_EF_PER_LEAF * (bounds.shape[0] - 1):
+        size, s = _scan_leaf_order(qc, sc, bits, main, bounds, pbias, leaves, qnode, wq[p + 1 : p + 1 + pn], ef,
+                                   kind, hs, hr, size, cap, fs, fn, flo, fhi)  # fmt: skip
+        scanned += s
+    else:
+        fsize = _fpush(fs, fn, flo, fhi, 0, np.float32(0.0), 0, 0, n)
     while fsize > 0:
         node = fn[0]
         lo = flo[0]
@@ -911,7 +1066,7 @@ def _workspace(rs, cd, nn, k, cands, d):
 
 @njit(**_FLAGS)
 def search(
-    queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, leaves, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, rows_kind, out_s, out_r,
 ):  # fmt: skip
     """Serial batch: each query row searched in turn into ``out_s``/``out_r``. Returns entries scanned.
@@ -922,21 +1077,21 @@ def search(
     total = 0
     for i in range(queries.shape[0]):
         total += _search_one(
-            queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank,
-            max_sl, exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s[i], out_r[i],
+            queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, leaves, k, ef, cands,
+            rerank, max_sl, exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s[i], out_r[i],
         )  # fmt: skip
     return total
 
 
 @njit(**_PAR)
 def search_parallel(
-    queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank, max_sl,
+    queries, rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, leaves, k, ef, cands, rerank, max_sl,
     exact_max, flat_max, kind, rows_kind, out_s, out_r,
 ):  # fmt: skip
     """The same, one query per thread."""
     for i in prange(queries.shape[0]):
         wf, wi, wq = _workspace(rs, cd, topo.shape[1], k, cands, queries.shape[1])
         _search_one(
-            queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, k, ef, cands, rerank,
-            max_sl, exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s[i], out_r[i],
+            queries[i], rs, slot_row, sc, cd, main, tail, nt, bounds, pcent, pbias, topo, leaves, k, ef, cands,
+            rerank, max_sl, exact_max, flat_max, kind, rows_kind, wf, wi, wq, out_s[i], out_r[i],
         )  # fmt: skip
