@@ -310,8 +310,8 @@ def render_table(results, env, train) -> str:
         "",
         f"N = {env['n']} x {env['dim']} (real documentation embeddings), {env['queries_per_set']} queries per set, "
         "k = 10, one search thread, one query per call through the embedded SDK, no tenant filter (one tenant owns "
-        "every vector). Grove = a collection with the Curator index (tree walk over the primary scan codes, rerank "
-        "from the rows), swept over ef (None = the default). Noisy shared 2-core machine "
+        "every vector). Grove = a collection with the Curator index (its leaves scanned best first by the primary "
+        "scan codes, rerank from the rows), swept over ef (None = the default). Noisy shared 2-core machine "
         f"(load average {env['load_avg_start'][0]:.1f} at start, {env['load_avg_end'][0]:.1f} at end): "
         "compare within the run.",
         "",

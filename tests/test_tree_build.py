@@ -279,3 +279,31 @@ def test_build_is_chosen_by_argument_or_environment(rng, monkeypatch):
         ClusterTree.train(x)
     with pytest.raises(ValueError, match="beam"):
         ClusterTree.train(x, build="refined", beam=0)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "chosen", "env", "built"),
+    [
+        ((600, 100, 100), None, None, "refined"),  # one tenant sees at least half of the rows
+        ((300, 300, 200), None, None, "topdown"),  # none does
+        ((600, 100, 100), "topdown", None, "topdown"),  # the collection's own choice wins
+        ((300, 300, 200), "refined", None, "refined"),
+        ((600, 100, 100), None, "topdown", "topdown"),  # and so does the server's
+    ],
+)
+def test_curator_build_refines_the_tree_where_one_tenant_dominates(rng, monkeypatch, sizes, chosen, env, built):
+    from engine.index.curator import CuratorIndex
+    from engine.index.table import VectorTable
+
+    if env is None:
+        monkeypatch.delenv("GROVE_TREE_BUILD", raising=False)
+    else:
+        monkeypatch.setenv("GROVE_TREE_BUILD", env)
+    x = clustered(rng, sum(sizes), 8)
+    table = VectorTable(8, capacity=x.shape[0])
+    slots = table.allocate(x.shape[0])
+    table.put(slots, slots.astype(np.int64), x, 0)
+    tenants = dict(enumerate(np.split(slots, np.cumsum(sizes)[:-1])))
+    idx = CuratorIndex.build(table, "l2", tenants, fanout=4, max_leaf_size=16, tree_build=chosen)
+    assert idx.tree.trained
+    assert idx.tree.beam == (tree_mod.ROUTE_BEAM if built == "refined" else 1)

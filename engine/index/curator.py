@@ -56,6 +56,7 @@ parallel with each other (the kernels release the GIL).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -72,6 +73,11 @@ TAIL_CAP = 32
 DEAD_FRACTION = 0.125
 #: a tenant with at least this many entries per tree leaf keeps its leaf bounds (``_leaf_bounds``)
 BOUNDS_PER_LEAF = 4
+#: ``build`` refines the tree (``ClusterTree.train(build="refined")``) when no build was chosen and one tenant sees
+#: at least this share of the rows: such a tenant is searched leaf by leaf, where refined leaves (nearest-leaf
+#: cells) pay most (one 84k tenant, OOD queries, ``bench/tree_build.py``: QPS at recall@10 0.95 1.40x float32,
+#: 1.27x LeanVec-OOD), while many small tenants lose 5-8% with it and single inserts cost 1.5x
+REFINED_TENANT_SHARE = 0.5
 #: version of the arrays written by ``state()``
 STATE_VERSION = 2
 #: a collection with fewer vectors than this is best served untrained (exact); a suggestion for callers
@@ -203,8 +209,9 @@ class CuratorIndex:
     train_size : at most this many vectors are sampled to train the tree and codes (default 100_000).
     seed : seed of the training sample and of k-means (default 0).
     tree_build : how ``train`` builds the tree: ``"topdown"`` or ``"refined"`` (``ClusterTree.train``'s
-        ``build``); None (default) takes ``ClusterTree.train``'s default. A trained tree keeps its own routing,
-        so this is not part of ``params()``.
+        ``build``); None (default) lets ``build`` choose by the tenants' shape (``REFINED_TENANT_SHARE``) unless
+        ``GROVE_TREE_BUILD`` is set, and otherwise takes ``ClusterTree.train``'s default. A trained tree keeps
+        its own routing, so this is not part of ``params()``.
 
     The index starts untrained (one leaf: every search is exact). ``train(sample)`` builds the tree and codes
     and re-places the rows already added; ``build(...)`` trains and bulk-loads in one call.
@@ -745,12 +752,17 @@ class CuratorIndex:
         """Train on a sample of the rows in ``tenants_rows`` and bulk-load them: a complete index in one call.
 
         ``tenants_rows`` maps tenant -> the rows it sees (e.g. ``FlatIndex.rows(t)`` for every tenant).
-        Keyword ``params`` are the constructor's. With no rows at all the index stays untrained.
+        Keyword ``params`` are the constructor's. With no rows at all the index stays untrained. Unless
+        ``tree_build`` or ``GROVE_TREE_BUILD`` says otherwise, the tree is refined when one tenant sees at least
+        ``REFINED_TENANT_SHARE`` of the rows, else built top down.
         """
         idx = cls(table, metric, **params)
         parts = [np.asarray(r, np.int64) for r in tenants_rows.values() if len(r)]
         if parts:
             union = np.unique(np.concatenate(parts))
+            if idx.tree_build is None and not os.environ.get("GROVE_TREE_BUILD"):
+                largest = max(p.shape[0] for p in parts)
+                idx.tree_build = "refined" if largest >= REFINED_TENANT_SHARE * union.shape[0] else "topdown"
             rng = np.random.default_rng(idx.seed)
             pick = union if union.shape[0] <= idx.train_size else rng.choice(union, idx.train_size, replace=False)
             idx.train(table.vectors(np.sort(pick)), population=int(union.shape[0]))
