@@ -212,6 +212,38 @@ def test_leaf_order_scans_the_best_leaves_first(rng, monkeypatch):
     assert hits / (10 * qp.shape[0]) >= 0.97
 
 
+def test_narrow_walk_splits_nodes_by_leaf_bounds_where_binary_search_does(rng, monkeypatch):
+    """Searched with an ``ef`` too small for the leaf order, a large tenant still walks the tree, and its cached
+    leaf bounds change how the walk finds split points, never what it finds."""
+    h = trained_harness(rng, n=2_000, tenants=2)
+    ef = int(ktree.LEAF_ORDER_EF_PER_LEAF * h.index.tree.n_leaves) - 1
+    assert ef >= 8
+    q = h.query(clustered(rng, 20, 16))
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 10**9)
+    plain = h.index.search(q, 10, 0, ef=ef)
+    assert h.index._lists[0].bounds.size == 0
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 1)
+    h.index._lists[0].bounds = None
+    cached = h.index.search(q, 10, 0, ef=ef)
+    assert h.index._lists[0].bounds.size == h.index.tree.n_leaves + 1
+    np.testing.assert_array_equal(cached[1], plain[1])
+    np.testing.assert_array_equal(cached[0], plain[0])
+
+
+@pytest.mark.parametrize("leaf_order", [False, True])
+def test_batch_equals_single_queries(rng, monkeypatch, leaf_order):
+    monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 1 if leaf_order else 10**9)
+    h = trained_harness(rng)
+    ef = h.index.tree.n_leaves if leaf_order else None
+    q = h.query(clustered(rng, 7, 16))
+    s_batch, r_batch = h.index.search(q, 10, 2, ef=ef)
+    assert (h.index._lists[2].bounds.size > 0) == leaf_order
+    for i in range(q.shape[0]):
+        s1, r1 = h.index.search(q[i : i + 1], 10, 2, ef=ef)
+        np.testing.assert_array_equal(r1[0], r_batch[i])
+        np.testing.assert_allclose(s1[0], s_batch[i], rtol=1e-6)
+
+
 @pytest.mark.parametrize("leaf_bounds", [False, True])
 def test_random_updates_never_leak(rng, monkeypatch, leaf_bounds):
     """Random grants, revokes, deletes, overwrites and inserts across split/merge thresholds, checked each step;

@@ -75,8 +75,8 @@ DEAD_FRACTION = 0.125
 BOUNDS_PER_LEAF = 4
 #: ``build`` refines the tree (``ClusterTree.train(build="refined")``) when no build was chosen and one tenant sees
 #: at least this share of the rows: such a tenant is searched leaf by leaf, where refined leaves (nearest-leaf
-#: cells) pay most (one 84k tenant, OOD queries, ``bench/tree_build.py``: QPS at recall@10 0.95 1.40x float32,
-#: 1.27x LeanVec-OOD), while many small tenants lose 5-8% with it and single inserts cost 1.5x
+#: cells) pay most (one 84k tenant, OOD queries, ``bench/tree_build.py``: QPS at recall@10 0.95 1.38-1.40x
+#: float32, 1.24-1.27x LeanVec-OOD), while many small tenants lose 5-8% with it and single inserts cost 1.5x
 REFINED_TENANT_SHARE = 0.5
 #: version of the arrays written by ``state()``
 STATE_VERSION = 2
@@ -572,10 +572,11 @@ class CuratorIndex:
         """Where each leaf rank's entries start in ``main`` (int32 ``[leaves + 1]``), for a tenant with at least
         ``BOUNDS_PER_LEAF`` entries per leaf; empty otherwise.
 
-        A tenant with them is searched leaf by leaf in the order of the leaves' own priorities instead of by the
-        tree walk (``engine.kernels.tree._scan_leaf_order``), which reads each leaf's entries from them. They cost
-        4 bytes per leaf, so only tenants large enough for that to stay under a byte per entry get them; below
-        that, the walk's cost follows the few nodes that hold the tenant, not every leaf.
+        A tenant with them, searched wide (``engine.kernels.tree.LEAF_ORDER_EF_PER_LEAF``), is scanned leaf by
+        leaf in the order of the leaves' own priorities (``_scan_leaf_order``), which reads each leaf's entries
+        from them; searched narrow, its tree walk reads each split point from them instead of binary-searching
+        ``main`` for it. They cost 4 bytes per leaf, so only tenants large enough for that to stay under a byte
+        per entry get them; below that, a walk's cost follows the few nodes that hold the tenant.
         """
         leaves = self.tree.n_leaves if self.tree.trained else 0
         if leaves == 0 or main.shape[0] < BOUNDS_PER_LEAF * leaves:

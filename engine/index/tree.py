@@ -11,28 +11,27 @@ Shape (v2 style, §1.1): a node holding more than ``max_leaf_size`` vectors is s
 (every point in one cluster, e.g. duplicates) leaves the node a leaf. Training uses faiss k-means on a sample;
 sizes are scaled by ``population / len(sample)`` so the leaf size refers to the whole collection.
 
-Refinement (``build="refined"``: a collection's ``configure(refined_tree=1)``, ``GROVE_TREE_BUILD=refined``, or
-the Curator index's own choice when one tenant sees at least half of the rows; not in the paper): a top-down tree's leaves are cells of nested local k-means,
-so a vector's nearest leaf is often under another branch, and its leaves covered an OOD query's true
-neighbours worse than flat k-means cells of the same count. So the top-down tree is only the start: its inner
-levels are rebuilt bottom up over its leaves (size-weighted k-means of the leaf centroids into parents of at
-most ``fanout`` children, level by level up to the root), and a few global Lloyd rounds then move every leaf
-to the mean of the sample vectors whose *nearest leaf of the whole tree* it is, found by a beam descent
-(``ROUTE_BEAM`` nodes per level, exact when the beam is as wide as the leaf count). Rows are placed and
-inserted by the same beam descent (``route``), so they land where the refined leaves expect them. On the
-shared 84k set (``bench/tree_build.py``): 2.2k leaves either way; the share of an OOD query's true top-10
-inside the first 5k entries of leaves by exact centroid order 0.912 -> 0.954 (flat k-means: 0.962), in the
-search walk's order 0.889 -> 0.938; a tenant that sees all of it, searched leaf by leaf in that order, scans
-0.58-0.68x the entries for recall@10 0.95, at 1.27-1.40x the QPS (LeanVec-OOD, float32). Training costs more: 84k 1.5 -> 2.4 s; a 100k sample standing for 1M
-vectors 3.5 -> 15 s, and placing the 1M rows 2 -> 7-9 s (2 cores). It is not the default for every tree because
-the many-small-tenants workload lost by it (``bench/curator.py``, same hour, QPS at recall 0.95 over PT-IVF's:
-top-down 1.33-1.40x / 1.42-1.45x on the real / dense scenarios, refined 1.25-1.34x / 1.30-1.33x) and
-single-row inserts cost 15 -> 22 us (the beam descent); it pays off for collections searched through large
-tenants. Where the kernel layer sends a bulk route to a CUDA device (``engine.kernels.gpu_runs``: a real
-device and enough work), the Lloyd rounds and bulk placement take each vector's exact nearest leaf instead of
-the beam's approximation (``_nearest_leaves``); single inserts keep the beam descent.
-Routing, like the search's node priority, is by squared L2 to the centroids of vectors prepared for the
-metric (unit vectors for cosine), whatever the metric.
+Refinement (``build="refined"``: a collection's ``configure(refined_tree=1)``, ``GROVE_TREE_BUILD=refined``, or the
+Curator index's own choice when one tenant sees at least half of the rows; not in the paper): a top-down tree's
+leaves are cells of nested local k-means, so a vector's nearest leaf is often under another branch, and its leaves
+covered an OOD query's true neighbours worse than flat k-means cells of the same count. So the top-down tree is only
+the start: its inner levels are rebuilt bottom up over its leaves (size-weighted k-means of the leaf centroids into
+parents of at most ``fanout`` children, level by level up to the root), and a few global Lloyd rounds then move
+every leaf to the mean of the sample vectors whose *nearest leaf of the whole tree* it is, found by a beam descent
+(``ROUTE_BEAM`` nodes per level, exact when the beam is as wide as the leaf count). Rows are placed and inserted by
+the same beam descent (``route``), so they land where the refined leaves expect them. On the shared 84k set
+(``bench/tree_build.py``): 2.2k leaves either way; the share of an OOD query's true top-10 inside the first 5k
+entries of leaves by exact centroid order 0.912 -> 0.954 (flat k-means: 0.962), in the search walk's order 0.889 ->
+0.938; a tenant that sees all of it, searched leaf by leaf in that order, scans 0.58-0.70x the entries for recall@10
+0.95, at 1.24-1.40x the QPS (LeanVec-OOD, float32). Training costs more: 84k 1.4 -> 2.0-2.4 s; a 100k sample
+standing for 1M vectors 2.6-3.5 -> 9-15 s, and placing the 1M rows 1-2 -> 5-9 s (2 cores). It is not the default for
+every tree because the many-small-tenants workload lost by it (``bench/curator.py``, same hour, QPS at recall 0.95
+over PT-IVF's: top-down 1.33-1.40x / 1.42-1.45x on the real / dense scenarios, refined 1.25-1.34x / 1.30-1.33x) and
+single-row inserts cost 15 -> 22 us (the beam descent); it pays off for collections searched through large tenants.
+Where the kernel layer sends a bulk route to a CUDA device (``engine.kernels.gpu_runs``: a real device and enough
+work), the Lloyd rounds and bulk placement take each vector's exact nearest leaf instead of the beam's approximation
+(``_nearest_leaves``); single inserts keep the beam descent. Routing, like the search's node priority, is by squared
+L2 to the centroids of vectors prepared for the metric (unit vectors for cosine), whatever the metric.
 
 An untrained tree is a single leaf: every tenant is then one shortlist at the root, i.e. exact search.
 """
