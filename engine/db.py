@@ -702,7 +702,8 @@ class Collection:
             return self.index.count(tenant_no)
 
     def stats(self) -> dict[str, int]:
-        """Vector and tenant counts, and the bytes each in-memory component holds."""
+        """Vector and tenant counts, whether the codec and the refined tree are in force, and the bytes each
+        in-memory component holds."""
         with self._rw.read():
             self._check_open()
             parts = {**self.table.nbytes(), **self.index.nbytes()}
@@ -711,6 +712,8 @@ class Collection:
             out = {"vectors": len(self.table), "tenants": n_tenants, "dim": self.dim}
             codec = self.table.codec
             out["compressed"] = int(codec is not None)
+            tree = getattr(self.index, "tree", None)  # (none before the collection is indexed)
+            out["refined_tree"] = int(tree is not None and tree.beam > 1)  # the build in force: set, or chosen
             if codec is not None:
                 out["code_bytes_per_vector"] = codec.bytes_per_vector
                 out["reduced_dim"] = codec.reduced_dim

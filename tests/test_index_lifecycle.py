@@ -103,6 +103,7 @@ def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, mon
         _fill(col, rng)
         col.build_index()
     assert plain.index.tree.beam > 1 and chosen.index.tree.beam == 1
+    assert plain.stats()["refined_tree"] == 1 and chosen.stats()["refined_tree"] == 0
     vecs = rng.standard_normal((5, DIM)).astype(np.float32)
     before = _answers(chosen, vecs)
     db.close()
@@ -118,6 +119,23 @@ def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, mon
     for bad in (2, -1, True, 0.5):
         with pytest.raises(InvalidArgument):
             chosen.configure(refined_tree=bad)
+    db.close()
+
+
+def test_unset_the_tree_is_refined_where_one_tenant_sees_half_the_vectors(tmp_path, rng, monkeypatch):
+    """With neither a setting nor a server default, the index refines the tree of a collection one tenant
+    dominates (it is searched leaf by leaf, where refined leaves pay) and keeps many tenants' top down; ``stats``
+    says which it built."""
+    monkeypatch.delenv("GROVE_TREE_BUILD", raising=False)
+    db = Database(tmp_path)
+    one, many = db.create_collection("one", dim=DIM, metric="ip"), db.create_collection("many", dim=DIM, metric="ip")
+    _fill(one, rng, tenants=1)
+    _fill(many, rng, tenants=5)
+    for col in (one, many):
+        col.build_index()
+    assert one.stats()["refined_tree"] == 1 and one.index.tree.beam > 1
+    assert many.stats()["refined_tree"] == 0 and many.index.tree.beam == 1
+    assert "refined_tree" not in one.configure()  # a choice, not a setting: the next build chooses again
     db.close()
 
 
