@@ -75,8 +75,8 @@ DEAD_FRACTION = 0.125
 BOUNDS_PER_LEAF = 4
 #: ``build`` refines the tree (``ClusterTree.train(build="refined")``) when no build was chosen and one tenant sees
 #: at least this share of the rows: such a tenant is searched leaf by leaf, where refined leaves (nearest-leaf
-#: cells) pay most (one 84k tenant, OOD queries, ``bench/tree_build.py``: QPS at recall@10 0.95 1.38-1.40x
-#: float32, 1.24-1.27x LeanVec-OOD), while many small tenants lose 5-8% with it and single inserts cost 1.5x
+#: cells) pay most (one 84k tenant, OOD queries, ``bench/tree_build.py``: QPS at recall@10 0.95 1.37-1.40x
+#: float32, 1.24-1.32x LeanVec-OOD), while many small tenants lose 5-8% with it and single inserts cost 1.5x
 REFINED_TENANT_SHARE = 0.5
 #: version of the arrays written by ``state()``
 STATE_VERSION = 2
