@@ -56,14 +56,13 @@ parallel with each other (the kernels release the GIL).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
 from engine.index.rows import DenseRows
 from engine.index.scancodes import PCACodes, PrimaryCodes, ScanCodes, int8_rows
-from engine.index.tree import ClusterTree
+from engine.index.tree import ClusterTree, server_build
 from engine.kernels import metrics
 from engine.kernels import tree as _k
 
@@ -771,7 +770,7 @@ class CuratorIndex:
         parts = [np.asarray(r, np.int64) for r in tenants_rows.values() if len(r)]
         if parts:
             union = np.unique(np.concatenate(parts))
-            if idx.tree_build is None and not os.environ.get("GROVE_TREE_BUILD"):
+            if idx.tree_build is None and server_build() is None:
                 largest = max(p.shape[0] for p in parts)
                 idx.tree_build = "refined" if largest >= REFINED_TENANT_SHARE * union.shape[0] else "topdown"
             rng = np.random.default_rng(idx.seed)

@@ -56,6 +56,8 @@ _log = logging.getLogger("grove.index")
 MAX_DEPTH = 16
 #: how a tree is trained (``ClusterTree.train``'s ``build``; env ``GROVE_TREE_BUILD``), the default first
 BUILDS = ("topdown", "refined")
+
+
 #: Lloyd rounds over the leaves of a refined tree
 REFINE_ROUNDS = 4
 #: beam width of a refined tree's routing (training, bulk placement, inserts)
@@ -70,6 +72,11 @@ _GPU_BATCH = 65_536
 _GROUP_NITER = 5
 #: candidate parents per child considered first by the capacity-constrained assignment of a rebuilt level
 _CANDIDATES = 6
+
+
+def server_build() -> str | None:
+    """The server's tree build (env ``GROVE_TREE_BUILD``), or None where it sets none."""
+    return os.environ.get("GROVE_TREE_BUILD") or None
 
 
 class ClusterTree:
@@ -177,7 +184,7 @@ class ClusterTree:
         refine_rounds : Lloyd rounds over the leaves (refined build).
         beam : the refined tree's routing width (training, placement and inserts: ``route``).
         """
-        build = build or os.environ.get("GROVE_TREE_BUILD", "topdown")
+        build = build or server_build() or "topdown"
         if build not in BUILDS:
             raise ValueError(f"build must be one of {', '.join(BUILDS)}, got {build!r} (check GROVE_TREE_BUILD)")
         if beam < 1 or refine_rounds < 0:

@@ -807,8 +807,8 @@ def leaf_priorities(bounds, pbias, leaves, qnode, qi16, pri, rk):
 @njit(**_FLAGS)
 def bucket_by_priority(pri, m, lo_p, hi_p, perm, starts):
     """Counting sort of ``pri[:m]`` into ``nb`` uniform buckets over ``[lo_p, hi_p]``, one per 4 items (at most
-    ``MAX_BUCKETS``): bucket ``b`` is ``perm[starts[b]:starts[b + 1]]`` (indices into ``pri``, ascending within
-    the bucket until sorted), and every item of a bucket is at most every item of the next. Returns ``nb``.
+    ``MAX_BUCKETS``): bucket ``b`` is ``perm[starts[b]:starts[b + 1]]`` (indices into ``pri``, in index order
+    until the bucket is sorted), and every item of a bucket is at most every item of the next. Returns ``nb``.
     ``perm`` (int64) holds ``m`` items, ``starts`` ``nb + 1``."""
     nb = max(1, min(m // 4, MAX_BUCKETS))
     span = hi_p - lo_p
