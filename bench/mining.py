@@ -56,6 +56,7 @@ from datasets import DATA, RealData, qps_at, tie_aware_recall, true_scores  # no
 
 from engine import kernels  # noqa: E402
 from engine.db import RECALL_SAMPLE, Database  # noqa: E402
+from engine.principal import ADMIN  # noqa: E402
 from engine.training import ann  # noqa: E402
 from engine.training.search import ScopedVectors  # noqa: E402
 from engine.types import PRF  # noqa: E402
@@ -171,40 +172,41 @@ def main() -> None:
         t0 = time.perf_counter()
         for s in range(0, base.shape[0], 5000):
             part = np.arange(s, min(s + 5000, base.shape[0]), dtype=np.int64)
-            col.upsert(part, base[part], tenant=TENANT)
+            col.upsert(part, base[part], tenant=TENANT, principal=ADMIN)
         t_ingest = time.perf_counter() - t0
-        col.search(q[:8], k=K, tenant=TENANT)
-        t, res = best_of(a.repeat, lambda: col.search(q, k=K, tenant=TENANT))
+        col.search(q[:8], k=K, tenant=TENANT, principal=ADMIN)
+        t, res = best_of(a.repeat, lambda: col.search(q, k=K, tenant=TENANT, principal=ADMIN))
         exact_col_qps = m / t
         add("Grove exact, Collection.search, batch", m / t, float((res.ids == f_ids).mean()), recall100(res.ids))
         t, mined_exact = best_of(
-            a.repeat, lambda: col.mine_hard_negatives(q, positives, tenant=TENANT, exact=True, **MINING)
+            a.repeat,
+            lambda: col.mine_hard_negatives(q, positives, tenant=TENANT, principal=ADMIN, exact=True, **MINING),
         )
         mine_exact_qps = m / t
         add("Grove mine_hard_negatives(exact=True)", m / t)
 
         # 5a. PRF on the exact collection
         prf_rows: dict[str, dict[str, float]] = {"plain": {}}
-        plain = col.search(q, k=10, tenant=TENANT)
+        plain = col.search(q, k=10, tenant=TENANT, principal=ADMIN)
         prf_rows["plain"]["exact"] = hit_at(plain.ids, primary)
         top10 = {"exact": plain.recall_at(gt_ids[:, :10])}
         for b in BETAS:
-            r = col.search(q, k=10, tenant=TENANT, prf=PRF(depth=3, alpha=1.0, beta=b))
+            r = col.search(q, k=10, tenant=TENANT, principal=ADMIN, prf=PRF(depth=3, alpha=1.0, beta=b))
             prf_rows.setdefault(f"PRF depth=3 alpha=1 beta={b}", {})["exact"] = hit_at(r.ids, primary)
 
         # 3. ANN
         t0 = time.perf_counter()
         built = col.build_index()
         t_build = time.perf_counter() - t0
-        col.search(q[:8], k=K, tenant=TENANT, ef=EFS[0])
+        col.search(q[:8], k=K, tenant=TENANT, principal=ADMIN, ef=EFS[0])
         curve_batch, curve_one, sweep = [], [], []
         for ef in EFS:
-            t, res = best_of(a.repeat, lambda ef=ef: col.search(q, k=K, tenant=TENANT, ef=ef))
+            t, res = best_of(a.repeat, lambda ef=ef: col.search(q, k=K, tenant=TENANT, principal=ADMIN, ef=ef))
             rec = recall100(res.ids)
             qb = m / t
             t0 = time.perf_counter()
             for i in range(m):
-                col.search(q[i : i + 1], k=K, tenant=TENANT, ef=ef)
+                col.search(q[i : i + 1], k=K, tenant=TENANT, principal=ADMIN, ef=ef)
             q1 = m / (time.perf_counter() - t0)
             curve_batch.append((rec, qb))
             curve_one.append((rec, q1))
@@ -214,7 +216,7 @@ def main() -> None:
         depth = int(mined_exact.stats["depth"])  # the mining call searches this deep (range_max + most positives)
 
         # 4. leaf probe: the tree's leaves as an inverted file, a batch per chunk
-        tenant_no = db._tenants.find(TENANT)
+        tenant_no = db.tenants.find(TENANT)
         mean_leaf = ann.LeafProbe(col.index, tenant_no).mean_leaf
         probe_search(col.index, tenant_no, q[:64], K, ef=int(NPROBES[0] * mean_leaf))  # load / compile
         curve_probe, probe_sweep = [], []
@@ -230,7 +232,9 @@ def main() -> None:
         nprobe_mine, ef_probe = (ok[0][0], ok[0][1]) if ok else probe_sweep[-1][:2]
         t, mined_probe = best_of(
             a.repeat,
-            lambda: col.mine_hard_negatives(q, positives, tenant=TENANT, exact=False, ef=ef_probe, **MINING),
+            lambda: col.mine_hard_negatives(
+                q, positives, tenant=TENANT, principal=ADMIN, exact=False, ef=ef_probe, **MINING
+            ),
         )
         mine_probe_qps = m / t
         add(f"Grove mine_hard_negatives(exact=False, ef={ef_probe:,}) with the leaf probe", m / t, None,
@@ -242,11 +246,11 @@ def main() -> None:
 
         # 5b. PRF on the indexed collection, at the index's default ef and at a larger one
         for label, ef in ((f"indexed, default ef ({col.index.ef})", None), ("indexed, ef=3072", 3072)):
-            plain = col.search(q, k=10, tenant=TENANT, ef=ef)
+            plain = col.search(q, k=10, tenant=TENANT, principal=ADMIN, ef=ef)
             prf_rows["plain"][label] = hit_at(plain.ids, primary)
             top10[label] = plain.recall_at(gt_ids[:, :10])
             for b in BETAS:
-                r = col.search(q, k=10, tenant=TENANT, ef=ef, prf=PRF(depth=3, alpha=1.0, beta=b))
+                r = col.search(q, k=10, tenant=TENANT, principal=ADMIN, ef=ef, prf=PRF(depth=3, alpha=1.0, beta=b))
                 prf_rows[f"PRF depth=3 alpha=1 beta={b}"][label] = hit_at(r.ids, primary)
         db.close()
 

@@ -64,7 +64,7 @@ def kernel_args(ecol, k: int, ef: int, mod=current) -> tuple:
     apart); a baseline copy of ``tree.py`` from before ``rows_kind`` or the leaf-order scan takes one argument
     fewer for each."""
     idx = ecol.index
-    lst = idx._lists[ecol._db._tenants.find("all")]
+    lst = idx._lists[ecol._db.tenants.find("all")]
     cands = max(idx.candidates, ef >> 4, 2 * k)
     rerank = max(idx.rerank, ef >> 5, k + k // 2)
     if lst.bounds is None:

@@ -6,11 +6,15 @@ Heavy imports (grpc, numba) happen inside the subcommands, so ``grove --help`` i
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from engine.rpc.streams import DEFAULT_STREAM_IDLE_SECONDS, DEFAULT_STREAMS_PER_PRINCIPAL, DEFAULT_STREAMS_TOTAL
+
 ADMIN_KEY_ENV = "GROVE_ADMIN_KEY"
+_log = logging.getLogger("grove.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,23 +29,61 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"admin API key (>= 16 characters; else ${ADMIN_KEY_ENV}; else the stored one, or a new one printed once)",
     )
+    s.add_argument(
+        "--rotate-admin-key",
+        action="store_true",
+        help="replace the store's admin key with --admin-key (without it, a different key is refused)",
+    )
     s.add_argument("--tls-cert", default=None, help="PEM certificate file; serve TLS (with --tls-key)")
     s.add_argument("--tls-key", default=None, help="PEM private key file (with --tls-cert)")
     s.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message in MiB (default 64)")
     s.add_argument("--max-stream-mb", type=int, default=1024, help="largest upsert stream in MiB (default 1024)")
-    s.add_argument("--workers", type=int, default=None, help="threads serving calls (default min(32, 4 x cores))")
+    s.add_argument("--workers", type=int, default=None, help="threads serving unary calls (default min(32, 4 x cores))")
+    s.add_argument(
+        "--max-streams", type=int, default=DEFAULT_STREAMS_TOTAL, help="streams open at once, each on its own thread"
+    )
+    s.add_argument(
+        "--max-streams-per-key",
+        type=int,
+        default=DEFAULT_STREAMS_PER_PRINCIPAL,
+        help="streams one principal (a tenant, or the admin) may hold open at once",
+    )
+    s.add_argument(
+        "--stream-idle-s",
+        type=float,
+        default=DEFAULT_STREAM_IDLE_SECONDS,
+        help="seconds a stream may go without a message before it is cancelled",
+    )
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown (default 10)")
     sub.add_parser("demo", help="a one-minute tour: in-process server, two tenants, searches (embedded and remote)")
     return ap
 
 
-def ensure_admin_key(db, given: str | None) -> str | None:
-    """Store the hash of ``given`` (replacing the old one); with none given and none stored, make one.
+class AdminKeyConflict(Exception):
+    """``--admin-key`` names another key than the store's: refused unless rotation is asked for."""
 
-    Returns the key when it was generated here (to be shown once), else None.
+
+def check_admin_key(db, given: str | None, *, rotate: bool = False) -> None:
+    """Refuse (``AdminKeyConflict``) a key that differs from the stored one, unless ``rotate``; changes nothing."""
+    if given and db.has_admin_key() and not db.is_admin_key(given) and not rotate:
+        raise AdminKeyConflict(
+            "--admin-key differs from this store's admin key; the stored key stays in force. To replace it, "
+            "pass --rotate-admin-key as well (the old key stops working at once)"
+        )
+
+
+def ensure_admin_key(db, given: str | None, *, rotate: bool = False) -> str | None:
+    """Make the store's admin key ``given`` (first start, or ``rotate``), or keep the stored one; with none given
+    and none stored, make a new one. Returns the key when it was generated here (to be shown once), else None.
     """
+    check_admin_key(db, given, rotate=rotate)
     if given:
-        db.set_admin_key(given)
+        if not db.has_admin_key():
+            db.set_admin_key(given)
+        elif not db.is_admin_key(given):
+            db.set_admin_key(given)
+            _log.warning("grove: the admin key was rotated (--rotate-admin-key); the old key no longer works")
+            print("grove: admin key rotated; the old key no longer works", flush=True)
         return None
     if db.has_admin_key():
         return None
@@ -59,30 +101,45 @@ def _serve(a: argparse.Namespace) -> int:
     if (a.tls_cert is None) != (a.tls_key is None):
         print("grove: --tls-cert and --tls-key go together; give both or neither", file=sys.stderr)
         return 2
+    if os.path.exists(a.path) and not os.path.isdir(a.path):
+        print(f"grove: --path {a.path} is a file; give a directory for the store (created if missing)", file=sys.stderr)
+        return 2
+    given = a.admin_key or os.environ.get(ADMIN_KEY_ENV)
     try:
-        db = Database(a.path)
+        db = Database(a.path, load=False)  # the store only: fast whatever its size; collections load once listening
     except GroveError as exc:
         print(f"grove: {exc}", file=sys.stderr)
         return 1
     try:
-        generated = ensure_admin_key(db, a.admin_key or os.environ.get(ADMIN_KEY_ENV))
-    except GroveError as exc:
+        check_admin_key(db, given, rotate=a.rotate_admin_key)
+        if given and len(given) < 16:
+            raise GroveError("the admin key must have at least 16 characters")
+    except (AdminKeyConflict, GroveError) as exc:
         db.close()
         print(f"grove: {exc}", file=sys.stderr)
         return 2
-    if generated:
-        print(f"grove: generated admin key (shown once, stored hashed): {generated}", flush=True)
     from engine.rpc.server import serve
 
+    def keys_once_bound() -> None:  # only once the port is ours: a failed start changes nothing
+        generated = ensure_admin_key(db, given, rotate=a.rotate_admin_key)
+        if generated:
+            print(f"grove: generated admin key (shown once, stored hashed): {generated}", flush=True)
+
     tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
+    if tls is None and a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"grove: WARNING: serving on {a.host} without TLS: API keys cross the network in clear", flush=True)
     try:
         serve(
             db,
             f"{a.host}:{a.port}",
             grace=a.grace,
+            before_start=keys_once_bound,
             max_message_bytes=a.max_message_mb << 20,
             max_stream_bytes=a.max_stream_mb << 20,
             max_workers=a.workers,
+            max_streams=a.max_streams,
+            max_streams_per_key=a.max_streams_per_key,
+            stream_idle_seconds=a.stream_idle_s,
             tls=tls,
         )
     except GroveError as exc:

@@ -5,14 +5,15 @@ current state, write one synced RocksDB batch, and only then apply it to memory 
 the collection's readers-writer lock, so a search sees a batch whole or not at all. Searches take the
 read side and run GIL-free kernels, so they proceed in parallel.
 
-``principal`` names who is calling: ``None`` is the admin (and the embedded SDK); a tenant name means a
-tenant API key. A tenant principal may act only as itself and only on rows it can see.
+``principal`` (required, ``engine.principal``) names who is calling: ``ADMIN`` (the admin key and the embedded
+SDK) or a tenant name (a tenant API key). A tenant principal may act only as itself and only on rows it can see.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -36,17 +37,17 @@ from engine.index.flat import FlatIndex
 from engine.index.rows import CodedRows
 from engine.index.table import VectorTable
 from engine.kernels import metrics
+from engine.principal import ADMIN, Principal, acting, tenant_of
 from engine.quant.codec import Codec, build_codec
 from engine.reservoir import QueryReservoir
 from engine.rwlock import RWLock
 from engine.storage import keys
 from engine.storage.store import Batch, Store
+from engine.tenants import TenantRegistry
 from engine.training import negatives
 from engine.training.dynamic import DynamicNegatives
 from engine.training.prf import prf_queries
 from engine.types import LVQ, PRF, CollectionInfo, Compression, LeanVec, SearchResult
-
-ADMIN = None  # the principal of the admin key and of the embedded SDK
 
 #: a collection is indexed (Curator) automatically once it holds this many vectors; below it every search is
 #: exact (a scan of the tenant's rows: at most this many, a few milliseconds). ``build_index()`` indexes
@@ -57,6 +58,7 @@ AUTO_INDEX_ROWS = 100_000
 RECALL_SAMPLE = 16
 #: the index-state key whose presence says the saved index matches the stored vectors (every write deletes it)
 _CLEAN = "~clean"
+_log = logging.getLogger("grove.db")
 
 
 def _compression_to_json(c: Compression) -> dict | None:
@@ -86,48 +88,6 @@ def _deleting(key: bytes) -> Batch:
     return batch
 
 
-class _Tenants:
-    """Tenant names <-> small numbers, shared by all collections; a tenant exists once it is written."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.number: dict[str, int] = {}
-        self.name: dict[int, str] = {}
-        for key, value in store.scan(keys.TENANT):
-            self._register(key[1:].decode(), keys.read_u32(value))
-        self._next = max(self.name, default=-1) + 1
-        self._lock = threading.Lock()
-
-    def _register(self, name: str, no: int) -> None:
-        self.number[name] = no
-        self.name[no] = name
-
-    def find(self, name: str) -> int | None:
-        return self.number.get(name)
-
-    def ensure(self, name: str, batch: Batch) -> tuple[int, bool]:
-        """The tenant's number; a new tenant's record is added to ``batch`` (``forget`` it if that batch fails).
-
-        Numbers are never reused, so a number another writer saw stays that tenant's.
-        """
-        with self._lock:
-            no = self.number.get(name)
-            if no is not None:
-                return no, False
-            no = self._next
-            self._next += 1
-            batch.put(keys.tenant(name), keys.u32(no))
-            self._register(name, no)  # reserved now so two writers never pick the same number
-            return no, True
-
-    def forget(self, name: str) -> None:
-        """Undo a reservation whose batch failed to commit."""
-        with self._lock:
-            no = self.number.pop(name, None)
-            if no is not None:
-                self.name.pop(no, None)
-
-
 class Collection:
     """A named set of vectors of one dimension and metric, shared by many tenants."""
 
@@ -145,6 +105,8 @@ class Collection:
         self.tree_build: str | None = None  # configure(refined_tree=...): None = the server's default
         self.reservoir = QueryReservoir(0, info.dim)
         self._builder: threading.Thread | None = None
+        self.build_failures = 0  # background builds that raised, and the last one's error (None once one succeeds)
+        self.build_error: str | None = None
         self._dirty_key = keys.index_state(col_no, _CLEAN)
 
     # ----------------------------------------------------------------------------------- properties
@@ -169,68 +131,51 @@ class Collection:
             raise NotFound(f"collection {self.name!r} was dropped")
 
     @staticmethod
-    def _acting(tenant: str, principal: str | None) -> str:
-        validate.name(tenant, "tenant")
-        if principal is not ADMIN and principal != tenant:
-            raise PermissionDenied(f"this API key acts only as tenant {principal!r}, not as {tenant!r}")
-        return tenant
+    def _acting(tenant: str, principal: Principal) -> str:
+        return acting(validate.name(tenant, "tenant"), principal)
 
-    def _visible_slots(self, ids: np.ndarray, tenant_no: int | None, who: str) -> np.ndarray:
-        """Slots of ``ids``, all of which ``tenant_no`` must see (any tenant's, when ``tenant_no`` is None)."""
-        slots = self.table.slots(ids)
-        if tenant_no is None:
-            bad = slots < 0
-        else:
-            bad = ~self.table.sees_many(slots, tenant_no)
-        if bad.any():
-            missing = ids[bad]
-            raise NotFound(
-                f"{missing.size} of {ids.size} ids not found for {who} in collection {self.name!r} "
-                f"(first: {missing[:5].tolist()})"
-            )
-        return slots
+    def _not_found(self, ids: np.ndarray, bad: np.ndarray, who: str) -> NotFound:
+        missing = ids[bad]
+        return NotFound(
+            f"{missing.size} of {ids.size} ids not found for {who} in collection {self.name!r} "
+            f"(first: {missing[:5].tolist()})"
+        )
 
-    def _commit(self, batch: Batch, new_tenant: str | None) -> None:
+    def _commit(self, batch: Batch) -> None:
         batch.delete(self._dirty_key)  # the saved index no longer matches the vectors
-        try:
-            self._store.write(batch)
-        except Exception:
-            if new_tenant is not None:
-                self._db._tenants.forget(new_tenant)
-            raise
+        self._store.write(batch)
 
     # ----------------------------------------------------------------------------------- writes
-    def upsert(self, ids, vectors, *, tenant: str, principal: str | None = ADMIN) -> int:
+    def upsert(self, ids, vectors, *, tenant: str, principal: Principal) -> int:
         """Insert or overwrite vectors owned by ``tenant``; all-or-nothing. Returns the number written.
 
-        An id already owned by another tenant is refused (``AlreadyExists``): ids are per collection.
+        Ids are per owner: each tenant names its own vectors, and another tenant's vector with the same id is
+        neither touched nor revealed. Among the vectors one tenant sees ids stay unique, so an id that names a
+        vector another tenant shared with ``tenant`` is refused (``AlreadyExists``; it sees that vector anyway).
         """
         tenant = self._acting(tenant, principal)
         ids = validate.ids(ids)
-        vecs = validate.vectors(vectors, self.dim)
+        vecs = validate.vectors(vectors, self.dim, metric=self.metric)
         validate.same_length(ids, vecs)
-        if self.metric == "cosine" and not np.all(np.linalg.norm(vecs, axis=1) > 0):
-            raise InvalidArgument("a zero vector has no direction under metric 'cosine'; drop it or use 'ip'/'l2'")
         with self._writer:
             self._check_open()
-            batch = Batch()
-            tenant_no, is_new = self._db._tenants.ensure(tenant, batch)
-            slots = self.table.slots(ids)
-            old = slots >= 0
-            if old.any():
-                foreign = old & (self.table.owner[np.maximum(slots, 0)] != tenant_no)
-                if foreign.any():
-                    if is_new:
-                        self._db._tenants.forget(tenant)
+            with self._db.tenants.claim(tenant) as claim:
+                tenant_no = claim.number
+                slots = self.table.visible_slots(ids, tenant_no)
+                old = slots >= 0
+                shared = old & ~self.table.owned_by(slots, tenant_no)
+                if shared.any():
                     raise AlreadyExists(
-                        f"ids {ids[foreign][:5].tolist()} are taken in collection {self.name!r} by vectors "
-                        f"tenant {tenant!r} does not own; vector ids are unique per collection"
+                        f"ids {ids[shared][:5].tolist()} name vectors another tenant shares with tenant {tenant!r} "
+                        f"in collection {self.name!r}; ids are unique among the vectors a tenant sees: use others"
                     )
-            owner = keys.u32(tenant_no)
-            col = self.no
-            for i, row in zip(ids.tolist(), vecs):
-                batch.put(keys.vector(col, i), owner + row.tobytes())
-            self._commit(batch, tenant if is_new else None)
+                batch = Batch()
+                claim.record(batch)
+                col = self.no
+                for i, row in zip(ids.tolist(), vecs):
+                    batch.put(keys.vector(col, tenant_no, i), keys.vector_value(row))
+                self._commit(batch)
+                claim.committed()
             prepared = metrics.prepare(self.metric, vecs)
             with self._rw.write():
                 if old.any():
@@ -260,75 +205,115 @@ class Collection:
                 groups.setdefault(t, []).append(s)
         return {t: np.array(v, np.int64) for t, v in groups.items()}
 
-    def grant(self, ids, *, tenant: str, principal: str | None = ADMIN) -> int:
-        """Make existing vectors visible to ``tenant`` as well; returns how many were newly granted."""
+    def _grant_key(self, slot: int, tenant_no: int) -> bytes:
+        return keys.grant(self.no, int(self.table.owner[slot]), int(self.table.ids[slot]), tenant_no)
+
+    def grant(self, ids, *, tenant: str, principal: Principal, owner: str | None = None) -> int:
+        """Make existing vectors visible to ``tenant`` as well; returns how many were newly granted.
+
+        Ids are per owner: ``owner`` names whose vectors ``ids`` are. Without it the admin names vectors by id
+        alone, and an id that several owners use is refused as ambiguous (``FailedPrecondition``); a tenant key
+        names the vectors it sees. A grant that would show ``tenant`` two vectors with one id is refused
+        (``AlreadyExists``).
+        """
         tenant = self._acting(tenant, principal)
         ids = validate.ids(ids)
+        if owner is not None:
+            owner = validate.name(owner, "owner")
+            if principal is not ADMIN and owner != principal:
+                raise PermissionDenied(f"this API key acts only as tenant {principal!r}, not for owner {owner!r}")
         with self._writer:
             self._check_open()
-            who_no = None if principal is ADMIN else self._db._tenants.find(principal)
-            if principal is not ADMIN and who_no is None:
-                raise NotFound(f"{ids.size} ids not found for tenant {principal!r} in collection {self.name!r}")
-            slots = self._visible_slots(ids, who_no, "tenant " + repr(principal) if principal else "any tenant")
-            batch = Batch()
-            tenant_no, is_new = self._db._tenants.ensure(tenant, batch)
-            todo = ~self.table.sees_many(slots, tenant_no)
-            for i in ids[todo].tolist():
-                batch.put(keys.grant(self.no, i, tenant_no), b"")
-            if len(batch) == 0:
-                return 0
-            self._commit(batch, tenant if is_new else None)
+            who = tenant_of(principal)
+            if owner is not None:
+                owner_no = self._db.tenants.find(owner)
+                slots = np.full(ids.size, -1, np.int64) if owner_no is None else self.table.slots(ids, owner_no)
+                who_text = f"owner {owner!r}"
+            elif who is None:
+                slots, holders = self.table.owners_of(ids)
+                if (holders > 1).any():
+                    raise FailedPrecondition(
+                        f"ids {ids[holders > 1][:5].tolist()} name vectors of several owners in collection "
+                        f"{self.name!r}; name their owner (grant(..., owner=...))"
+                    )
+                who_text = "any tenant"
+            else:
+                who_no = self._db.tenants.find(who)
+                slots = np.full(ids.size, -1, np.int64) if who_no is None else self.table.visible_slots(ids, who_no)
+                who_text = f"tenant {who!r}"
+            if (slots < 0).any():
+                raise self._not_found(ids, slots < 0, who_text)
+            with self._db.tenants.claim(tenant) as claim:
+                tenant_no = claim.number
+                seen = self.table.visible_slots(ids, tenant_no)
+                clash = (seen >= 0) & (seen != slots)
+                if clash.any():
+                    raise AlreadyExists(
+                        f"tenant {tenant!r} already sees other vectors with ids {ids[clash][:5].tolist()} in "
+                        f"collection {self.name!r}; ids are unique among the vectors a tenant sees"
+                    )
+                todo = seen < 0
+                if not todo.any():
+                    return 0
+                batch = Batch()
+                claim.record(batch)
+                for s in slots[todo].tolist():
+                    batch.put(self._grant_key(s, tenant_no), b"")
+                self._commit(batch)
+                claim.committed()
             with self._rw.write():
                 rows = self.table.grant(slots[todo], tenant_no)
                 if rows.size:
                     self.index.add(tenant_no, rows)
         return int(rows.size)
 
-    def revoke(self, ids, *, tenant: str, principal: str | None = ADMIN) -> int:
-        """Take back grants from ``tenant``; ids it was never granted are left as they are.
-
-        Returns how many grants were removed. The owner's own access cannot be revoked (delete instead).
+    def revoke(self, ids, *, tenant: str, principal: Principal) -> int:
+        """Take back grants from ``tenant``: of the vectors it sees with ``ids``. For the admin, ids it sees none
+        of are left as they are; a tenant key gets ``NotFound`` for them. Returns how many grants were removed.
+        The owner's own access cannot be revoked (delete instead).
         """
         tenant = self._acting(tenant, principal)
         ids = validate.ids(ids)
         with self._writer:
             self._check_open()
-            tenant_no = self._db._tenants.find(tenant)
-            scope = None if principal is ADMIN else tenant_no
-            if principal is not ADMIN and tenant_no is None:
-                raise NotFound(f"{ids.size} ids not found for tenant {tenant!r} in collection {self.name!r}")
-            slots = self._visible_slots(ids, scope, f"tenant {tenant!r}" if principal else "any tenant")
+            tenant_no = self._db.tenants.find(tenant)
             if tenant_no is None:
+                if principal is not ADMIN:
+                    raise NotFound(f"{ids.size} ids not found for tenant {tenant!r} in collection {self.name!r}")
                 return 0
-            owned = self.table.owner[slots] == tenant_no
+            slots = self.table.visible_slots(ids, tenant_no)
+            if principal is not ADMIN and (slots < 0).any():  # a tenant key learns only of what it sees
+                raise self._not_found(ids, slots < 0, f"tenant {tenant!r}")
+            owned = self.table.owned_by(slots, tenant_no)
             if owned.any():
                 raise FailedPrecondition(
                     f"tenant {tenant!r} owns ids {ids[owned][:5].tolist()}; an owner's access cannot be "
                     "revoked, delete the vectors instead"
                 )
-            granted = self.table.grants.has(slots, tenant_no)
-            if not granted.any():
+            rows = slots[slots >= 0]
+            if not rows.size:
                 return 0
             batch = Batch()
-            for i in ids[granted].tolist():
-                batch.delete(keys.grant(self.no, i, tenant_no))
-            self._commit(batch, None)
-            rows = slots[granted]
+            for s in rows.tolist():
+                batch.delete(self._grant_key(s, tenant_no))
+            self._commit(batch)
             with self._rw.write():
                 self.table.revoke(rows, tenant_no)
                 self.index.remove(tenant_no, rows)
         return int(rows.size)
 
-    def delete(self, ids, *, tenant: str, principal: str | None = ADMIN) -> int:
+    def delete(self, ids, *, tenant: str, principal: Principal) -> int:
         """Delete vectors owned by ``tenant`` (and every grant of them); all-or-nothing."""
         tenant = self._acting(tenant, principal)
         ids = validate.ids(ids)
         with self._writer:
             self._check_open()
-            tenant_no = self._db._tenants.find(tenant)
+            tenant_no = self._db.tenants.find(tenant)
             if tenant_no is None:
                 raise NotFound(f"{ids.size} ids not found for tenant {tenant!r} in collection {self.name!r}")
-            slots = self._visible_slots(ids, tenant_no, f"tenant {tenant!r}")
+            slots = self.table.visible_slots(ids, tenant_no)
+            if (slots < 0).any():
+                raise self._not_found(ids, slots < 0, f"tenant {tenant!r}")
             not_owned = self.table.owner[slots] != tenant_no
             if not_owned.any():
                 raise PermissionDenied(
@@ -337,10 +322,10 @@ class Collection:
                 )
             batch = Batch()
             for i, s in zip(ids.tolist(), slots.tolist()):
-                batch.delete(keys.vector(self.no, i))
+                batch.delete(keys.vector(self.no, tenant_no, i))
                 for t in self.table.grants.tenants_of(s):
-                    batch.delete(keys.grant(self.no, i, t))
-            self._commit(batch, None)
+                    batch.delete(keys.grant(self.no, tenant_no, i, t))
+            self._commit(batch)
             with self._rw.write():
                 for t, rows in self._group_by_tenant(slots).items():
                     self.index.remove(t, rows)
@@ -356,7 +341,7 @@ class Collection:
         tenant: str,
         ef: int | None = None,
         prf: PRF | None = None,
-        principal: str | None = ADMIN,
+        principal: Principal,
     ) -> SearchResult:
         """Top-k of the vectors ``tenant`` can see, for each query row, best first.
 
@@ -367,16 +352,18 @@ class Collection:
         with each query moved toward its top results (``engine.training.prf``).
         """
         tenant = self._acting(tenant, principal)
-        q = validate.vectors(queries, self.dim, what="queries")
+        q = validate.vectors(queries, self.dim, what="queries", metric=self.metric)
         k = validate.k(k)
-        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
-            raise InvalidArgument(f"ef must be a positive integer, got {ef!r}")
+        ef = None if ef is None else validate.ef(ef)
         if prf is not None and not isinstance(prf, PRF):
             raise InvalidArgument(f"prf must be a PRF(depth=..., alpha=..., beta=...) value, got {prf!r}")
+        m = q.shape[0]
+        validate.results(m, k + (0 if prf is None else prf.depth), "this search")
+        if prf is not None:  # the queries' top vectors are read back: m x depth x dim floats
+            validate.results(m * prf.depth, -(-self.dim // 3), "this search's pseudo-relevance feedback")
         self.reservoir.offer(q)
         q = metrics.prepare(self.metric, q)
-        tenant_no = self._db._tenants.find(tenant)
-        m = q.shape[0]
+        tenant_no = self._db.tenants.find(tenant)
         if tenant_no is None:
             ids = np.full((m, k), -1, np.int64)
             scores = np.full((m, k), metrics.padding_score(self.metric), np.float32)
@@ -390,9 +377,12 @@ class Collection:
                 top[r < 0] = 0
                 q = prf_queries(q, top, None, depth=prf.depth, alpha=prf.alpha, beta=prf.beta)
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
-            ids = self.table.ids.take(rows)  # padding rows (-1) read the last row: overwritten next
-            if m > 1 or rows[0, -1] < 0:  # padding follows the hits: one query's last row tells (0.5 us less)
-                ids[rows < 0] = -1
+            if self.table.ids.shape[0] == 0:  # no rows at all (every one deleted, then reloaded): all padding
+                ids = np.full(rows.shape, -1, np.int64)
+            else:
+                ids = self.table.ids.take(rows)  # padding rows (-1) read the last row: overwritten next
+                if m > 1 or rows[0, -1] < 0:  # padding follows the hits: one query's last row tells (0.5 us less)
+                    ids[rows < 0] = -1
         finally:
             self._rw.release_read()
         return SearchResult(ids, metrics.finalize(self.metric, scores))
@@ -459,7 +449,7 @@ class Collection:
             )
         sample = None
         if query_sample is not None:
-            sample = validate.vectors(query_sample, self.dim, what="query_sample")
+            sample = validate.vectors(query_sample, self.dim, what="query_sample", metric=self.metric)
         with self._writer:
             self._check_open()
             if sample is None:
@@ -512,8 +502,9 @@ class Collection:
 
     def _originals(self, slots: np.ndarray) -> np.ndarray:
         """The float32 vectors of ``slots`` as written (from the store), prepared for the metric."""
-        raw = self._store.get_many([keys.vector(self.no, int(i)) for i in self.table.ids[slots].tolist()])
-        vecs = np.frombuffer(b"".join(v[4:] for v in raw), "<f4").reshape(len(raw), self.dim)
+        owners, ids = self.table.owner[slots].tolist(), self.table.ids[slots].tolist()
+        raw = self._store.get_many([keys.vector(self.no, o, i) for o, i in zip(owners, ids)])
+        vecs = np.frombuffer(b"".join(raw), "<f4").reshape(len(raw), self.dim)
         return metrics.prepare(self.metric, vecs.astype(np.float32))
 
     # ----------------------------------------------------------------------------------- index lifecycle
@@ -557,9 +548,16 @@ class Collection:
             return
 
         def build() -> None:
-            with self._writer:
-                if not self.dropped and self._db._open:
-                    self._build_locked()
+            try:
+                with self._writer:
+                    if not self.dropped and self._db.is_open:
+                        self._build_locked()
+            except Exception as exc:  # noqa: BLE001 - a thread's error would vanish: log it and show it in stats()
+                self.build_failures += 1
+                self.build_error = f"{type(exc).__name__}: {exc}"
+                _log.exception("collection %r: the background index build failed", self.name)
+            else:
+                self.build_error = None
 
         self._builder = threading.Thread(target=build, name=f"grove-index-{self.name}", daemon=True)
         self._builder.start()
@@ -641,7 +639,7 @@ class Collection:
         exact: bool = True,
         ef: int | None = None,
         chunk_size: int = 1024,
-        principal: str | None = ADMIN,
+        principal: Principal,
         **options,
     ) -> Iterator[tuple[int, int, negatives.MinedNegatives]]:
         """Mine in chunks of ``chunk_size`` queries: yields ``(first_row, total_rows, MinedNegatives)``.
@@ -655,14 +653,16 @@ class Collection:
         exact search on a sample of each chunk. The read lock is held per chunk, not for the whole job.
         """
         tenant = self._acting(tenant, principal)
-        q = metrics.prepare(self.metric, validate.vectors(queries, self.dim, what="queries"))
+        q = metrics.prepare(self.metric, validate.vectors(queries, self.dim, what="queries", metric=self.metric))
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise InvalidArgument(f"chunk_size must be a positive integer, got {chunk_size!r}")
         pos = positives if isinstance(positives, np.ndarray) else list(positives)
         if len(pos) != q.shape[0]:
             raise InvalidArgument(f"got {len(pos)} positives for {q.shape[0]} queries; give one entry per query")
-        tenant_no = self._db._tenants.find(tenant)
+        tenant_no = self._db.tenants.find(tenant)
         depth = int(options.get("range_max") or 100)
+        width = depth + int(options.get("num_negatives") or 0) + int(options.get("random_negatives") or 0)
+        validate.results(min(chunk_size, q.shape[0]), width, "a mining chunk")
         for first in range(0, q.shape[0], chunk_size):
             part_q, part_pos = q[first : first + chunk_size], pos[first : first + chunk_size]
             with self._tenant_view(tenant_no) as view:
@@ -675,26 +675,26 @@ class Collection:
                     part = replace(part, recall=recall)
             yield first, q.shape[0], part
 
-    def dynamic_negatives(
-        self, positives, *, tenant: str, k: int = 200, principal: str | None = ADMIN
-    ) -> DynamicNegatives:
+    def dynamic_negatives(self, positives, *, tenant: str, k: int = 200, principal: Principal) -> DynamicNegatives:
         """ADORE: a session that searches query embeddings from the encoder being trained against the
         frozen documents ``tenant`` sees, returning top-``k`` ids and scores with each query's positives masked.
         """
         tenant = self._acting(tenant, principal)
-        tenant_no = self._db._tenants.find(tenant)
+        tenant_no = self._db.tenants.find(tenant)
 
         def search(embeddings: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-            q = metrics.prepare(self.metric, validate.vectors(embeddings, self.dim, what="embeddings"))
+            q = validate.vectors(embeddings, self.dim, what="embeddings", metric=self.metric)
+            validate.results(q.shape[0], depth, "this batch of dynamic negatives")
+            q = metrics.prepare(self.metric, q)
             with self._tenant_view(tenant_no) as view:
                 return view.search(q, depth)
 
         return DynamicNegatives(search, positives, k=k)
 
-    def count(self, *, tenant: str, principal: str | None = ADMIN) -> int:
+    def count(self, *, tenant: str, principal: Principal) -> int:
         """How many vectors ``tenant`` can see."""
         tenant = self._acting(tenant, principal)
-        tenant_no = self._db._tenants.find(tenant)
+        tenant_no = self._db.tenants.find(tenant)
         if tenant_no is None:
             return 0
         with self._rw.read():
@@ -717,6 +717,10 @@ class Collection:
             if codec is not None:
                 out["code_bytes_per_vector"] = codec.bytes_per_vector
                 out["reduced_dim"] = codec.reduced_dim
+        out["build_running"] = int(self._builder is not None and self._builder.is_alive())
+        out["build_failures"] = self.build_failures
+        if self.build_error is not None:
+            out["build_error"] = self.build_error
         out.update(parts)
         out["total_bytes"] = sum(parts.values())
         out["bytes_per_vector"] = out["total_bytes"] // max(out["vectors"], 1)
@@ -730,46 +734,103 @@ class Collection:
             self.table.store = CodedRows(codec, self.table.capacity)
         ids, owners, rows = [], [], []
         for key, value in self._store.scan(keys.collection_prefix(keys.VECTOR, self.no)):
-            ids.append(keys.read_vid(key, 5))
-            owners.append(keys.read_u32(value))
-            rows.append(value[4:])
+            owner, i = keys.read_vector(key)
+            ids.append(i)
+            owners.append(owner)
+            rows.append(value)
         if ids:
             vecs = np.frombuffer(b"".join(rows), "<f4").reshape(len(ids), self.dim).astype(np.float32)
             id_arr = np.array(ids, np.int64)
-            own = np.array(owners, np.int32)
+            own = np.array(owners, np.int32)  # keys sort by owner: each owner's rows are contiguous
             slots = self.table.allocate(len(ids))
             self.table.put(slots, id_arr, metrics.prepare(self.metric, vecs), own)
-            order = np.argsort(own, kind="stable")
-            bounds = np.flatnonzero(np.diff(own[order])) + 1
-            for part in np.split(order, bounds):
+            bounds = np.flatnonzero(np.diff(own)) + 1
+            for part in np.split(np.arange(own.shape[0]), bounds):
                 self.index.add(int(own[part[0]]), slots[part])
-        granted: dict[int, list[int]] = {}
-        for key, _ in self._store.scan(keys.collection_prefix(keys.GRANT, self.no)):
-            slot = self.table.slot_of.get(keys.read_vid(key, 5))
-            if slot is not None:  # a grant outlives its vector only if written outside Grove: ignore it
-                granted.setdefault(keys.read_u32(key, 13), []).append(slot)
-        for t, slots_t in granted.items():
-            rows = self.table.grant(np.array(slots_t, np.int64), t)
-            self.index.add(t, rows)
+        grants = [keys.read_grant(key) for key, _ in self._store.scan(keys.collection_prefix(keys.GRANT, self.no))]
+        if grants:
+            owner_arr, id_arr, tenant_arr = (np.array(column, np.int64) for column in zip(*grants))
+            slots = self.table.slots_of(id_arr, owner_arr)
+            kept = slots >= 0  # a grant outlives its vector only if written outside Grove: ignore it
+            slots, tenant_arr = slots[kept], tenant_arr[kept]
+            order = np.argsort(tenant_arr, kind="stable")
+            cuts = np.flatnonzero(np.diff(tenant_arr[order])) + 1
+            for part in np.split(order, cuts):
+                if part.size:
+                    t = int(tenant_arr[part[0]])
+                    self.index.add(t, self.table.grant(slots[part], t))
         self.table.fit()
         saved = self._saved_index()
         if saved is not None:
             self.index = saved
         elif self._has_saved_tree() or len(self.table) >= self.auto_index_rows:
-            # indexed before a crash (or the threshold was crossed): retrain from the store
-            self._build_locked()
+            # indexed before a crash (or the threshold was crossed): searches are exact until the rebuild,
+            # in the background, swaps the index in
+            _log.info("collection %r: the saved index is stale; rebuilding it in the background", self.name)
+            self._build_in_background()
 
 
 class Database:
-    """One Grove database in a directory: the embedded engine behind both SDK modes and the server."""
+    """One Grove database in a directory: the embedded engine behind both SDK modes and the server.
 
-    def __init__(self, path: str | Path) -> None:
+    ``Database(path)`` opens the store and loads every collection. ``Database(path, load=False)`` only opens the
+    store (fast, whatever its size: keys can be checked) and ``load()`` reads the collections later, so a server
+    can listen, and answer its health check, while it loads.
+    """
+
+    def __init__(self, path: str | Path, *, load: bool = True) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise FailedPrecondition(f"{self.path} is a file, not a store directory; give a directory path")
         self._store = Store(self.path)
+        try:
+            self._check_format()
+        except FailedPrecondition:
+            self._store.close()
+            raise
         self._lock = threading.Lock()
-        self._tenants = _Tenants(self._store)
+        self.tenants = TenantRegistry(self._store)
         self._open = True
+        self._loaded = threading.Event()
         self._collections: dict[str, Collection] = {}
+        if load:
+            self.load()
+
+    def _check_format(self) -> None:
+        """Stamp a new store with the key layout's version; refuse a store written in another layout."""
+        raw = self._store.get(keys.format_key())
+        if raw is None:
+            if next(self._store.scan(keys.COLLECTION), None) is not None:
+                raise FailedPrecondition(
+                    f"the store at {self.path} was written by an earlier Grove (key layout 1, ids unique per "
+                    f"collection); this Grove reads layout {keys.FORMAT}. Serve it with the Grove that wrote it"
+                )
+            batch = Batch()
+            batch.put(keys.format_key(), keys.u64(keys.FORMAT))
+            self._store.write(batch)
+        elif keys.read_u64(raw) != keys.FORMAT:
+            raise FailedPrecondition(
+                f"the store at {self.path} uses key layout {keys.read_u64(raw)}; this Grove reads {keys.FORMAT}"
+            )
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def loaded(self) -> bool:
+        """Whether ``load()`` has finished: until then there are no collections to serve."""
+        return self._loaded.is_set()
+
+    def wait_loaded(self, timeout: float | None) -> bool:
+        """Block until ``load()`` has finished or ``timeout`` seconds passed; whether it has."""
+        return self._loaded.wait(timeout)
+
+    def load(self) -> None:
+        """Read every collection into memory (idempotent). An index whose checkpoint is stale (a crash during a
+        build or after writes) is rebuilt in the background: searches are exact until it is swapped in."""
+        if self.loaded:
+            return
         kernels.warm()  # a JIT's first call costs ~1 s: pay it at open, not in the first search
         for key, value in self._store.scan(keys.COLLECTION):
             meta = json.loads(value)
@@ -778,8 +839,10 @@ class Database:
             )
             col = Collection(self, meta["id"], info)
             col._apply_settings(meta.get("settings", {}))
+            _log.info("loading collection %r", info.name)
             col._load()
             self._collections[info.name] = col
+        self._loaded.set()
 
     # ----------------------------------------------------------------------------------- collections
     def create_collection(
@@ -847,6 +910,7 @@ class Database:
         return key
 
     def set_admin_key(self, key: str) -> None:
+        """Store ``key``'s digest as the admin key, replacing any other (rotation: callers decide and log it)."""
         if len(key) < 16:
             raise InvalidArgument("the admin key must have at least 16 characters")
         batch = Batch()
@@ -856,8 +920,11 @@ class Database:
     def has_admin_key(self) -> bool:
         return self._store.get(keys.ADMIN) is not None
 
-    def authenticate(self, key: str | None) -> str | None:
-        """The principal of ``key``: ``ADMIN`` (None) or a tenant name; ``Unauthenticated`` otherwise."""
+    def is_admin_key(self, key: str) -> bool:
+        return self._store.get(keys.ADMIN) == apikeys.digest(key)
+
+    def authenticate(self, key: str | None) -> Principal:
+        """The principal of ``key``: ``ADMIN`` or a tenant name; ``Unauthenticated`` otherwise."""
         if not key:
             raise Unauthenticated("no API key; send it in the 'x-api-key' metadata")
         d = apikeys.digest(key)

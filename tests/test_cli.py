@@ -61,7 +61,7 @@ def test_serve_generates_the_admin_key_once_and_stops_gracefully(tmp_path):
         assert out[-1].startswith("grove: serving on 127.0.0.1:"), out
         keys = [line.rsplit(" ", 1)[1] for line in out if "generated admin key" in line]
         assert len(keys) == 1, out
-        url = out[-1].rsplit(" ", 1)[1]
+        url = _url(out[-1])
         with Client(url=url, api_key=keys[0]) as client:
             col = client.create_collection("docs", dim=3, metric="l2")
             col.upsert([1, 2], np.eye(3, dtype=np.float32)[:2], tenant="acme")
@@ -71,20 +71,64 @@ def test_serve_generates_the_admin_key_once_and_stops_gracefully(tmp_path):
     try:
         out = server.until("grove: serving on")
         assert not any("generated admin key" in line for line in out), out
-        url = out[-1].rsplit(" ", 1)[1]
+        url = _url(out[-1])
         with Client(url=url, api_key=keys[0]) as client:
             assert client.get_collection("docs").count(tenant="acme") == 2
     finally:
         assert server.stop() == 0
-    server = _Serve("--path", str(tmp_path / "data"), "--admin-key", "a-brand-new-admin-key-0123", env=env)
+    refused = _Serve("--path", str(tmp_path / "data"), "--admin-key", "a-brand-new-admin-key-0123", env=env)
+    assert "--rotate-admin-key" in "\n".join(refused.until("<never>"))  # another key than the store's: refused
+    assert refused.wait() == 2
+    server = _Serve("--path", str(tmp_path / "data"), env=env)
     try:
-        url = server.until("grove: serving on")[-1].rsplit(" ", 1)[1]
+        with Client(url=_url(server.until("grove: serving on")[-1]), api_key=keys[0]) as old:
+            assert [c.name for c in old.list_collections()] == ["docs"]  # the stored key still works
+    finally:
+        assert server.stop() == 0
+    args = ("--admin-key", "a-brand-new-admin-key-0123", "--rotate-admin-key")
+    server = _Serve("--path", str(tmp_path / "data"), *args, env=env)
+    try:
+        out = server.until("grove: serving on")
+        assert any("admin key rotated" in line for line in out), out
+        url = _url(out[-1])
         with Client(url=url, api_key=keys[0]) as old, pytest.raises(Unauthenticated):
             old.list_collections()
         with Client(url=url, api_key="a-brand-new-admin-key-0123") as new:
             assert [c.name for c in new.list_collections()] == ["docs"]
     finally:
         assert server.stop() == 0
+
+
+def _url(serving_line: str) -> str:
+    """The address of ``grove: serving on HOST:PORT (TLS state)``."""
+    return serving_line.split("serving on ", 1)[1].split()[0]
+
+
+def test_serve_refuses_a_path_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("not a store")
+    server = _Serve("--path", str(tmp_path / "afile"), "--admin-key", "an-admin-key-0123456789")
+    out = "\n".join(server.until("<never>"))
+    assert server.wait() == 2
+    assert "is a file" in out and "Traceback" not in out
+
+
+def test_a_second_server_on_a_taken_port_exits_before_making_a_key(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "GROVE_ADMIN_KEY"}
+    first = _Serve("--path", str(tmp_path / "one"), "--admin-key", "an-admin-key-0123456789")
+    try:
+        port = _url(first.until("grove: serving on")[-1]).rsplit(":", 1)[1]
+        cmd = [sys.executable, "-m", "engine", "serve", "--path", str(tmp_path / "two"), "--port", port]
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert second.returncode != 0 and "in use" in second.stderr, second
+        assert "generated admin key" not in second.stdout
+    finally:
+        assert first.stop() == 0
+    from engine.db import Database
+
+    with Database(tmp_path / "two", load=False) as db:
+        assert not db.has_admin_key()  # nothing was stored by the failed start
 
 
 def test_serve_refuses_a_short_admin_key(tmp_path):

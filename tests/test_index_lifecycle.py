@@ -12,6 +12,7 @@ from engine.db import Database
 from engine.errors import InvalidArgument
 from engine.index.curator import CuratorIndex
 from engine.index.flat import FlatIndex
+from engine.principal import ADMIN
 
 DIM = 16
 
@@ -26,13 +27,13 @@ def _fill(col, rng, n=3000, tenants=5):
     owner = rng.integers(0, tenants, n)
     for t in range(tenants):
         ids = np.flatnonzero(owner == t).astype(np.int64)
-        col.upsert(ids, vecs[ids], tenant=f"t{t}")
-    col.grant(np.arange(0, n, 3, dtype=np.int64), tenant="shared")
+        col.upsert(ids, vecs[ids], tenant=f"t{t}", principal=ADMIN)
+    col.grant(np.arange(0, n, 3, dtype=np.int64), tenant="shared", principal=ADMIN)
     return vecs, owner
 
 
 def _answers(col, queries):
-    return {t: col.search(queries, k=10, tenant=t, ef=4096).ids for t in ("t0", "t3", "shared")}
+    return {t: col.search(queries, k=10, tenant=t, principal=ADMIN, ef=4096).ids for t in ("t0", "t3", "shared")}
 
 
 def test_the_index_is_reloaded_at_open_without_training(tmp_path, rng, monkeypatch):
@@ -63,16 +64,20 @@ def test_writes_after_the_checkpoint_are_recovered_from_the_store_after_a_crash(
     _, owner = _fill(col, rng)
     col.build_index()
     late = rng.standard_normal((50, DIM)).astype(np.float32)
-    col.upsert(np.arange(10_000, 10_050), late, tenant="late")
-    col.delete(np.flatnonzero(owner == 0)[:20].astype(np.int64), tenant="t0")
-    counts = {t: col.count(tenant=t) for t in ("t0", "t1", "shared", "late")}
+    col.upsert(np.arange(10_000, 10_050), late, tenant="late", principal=ADMIN)
+    col.delete(np.flatnonzero(owner == 0)[:20].astype(np.int64), tenant="t0", principal=ADMIN)
+    counts = {t: col.count(tenant=t, principal=ADMIN) for t in ("t0", "t1", "shared", "late")}
     db._store.close()  # a crash: no checkpoint of the index after the last writes
 
-    db = Database(tmp_path)
+    db = Database(tmp_path)  # opens at once: the stale index is rebuilt in the background, searches go on
     col = db.get_collection("c")
+    assert {t: col.count(tenant=t, principal=ADMIN) for t in counts} == counts
+    res = col.search(late[:3], k=1, tenant="late", principal=ADMIN, ef=4096)
+    assert res.ids[:, 0].tolist() == [10_000, 10_001, 10_002]
+    col._builder.join(timeout=120)
     assert isinstance(col.index, CuratorIndex) and col.index.trained
-    assert {t: col.count(tenant=t) for t in counts} == counts
-    res = col.search(late[:3], k=1, tenant="late", ef=4096)
+    assert {t: col.count(tenant=t, principal=ADMIN) for t in counts} == counts
+    res = col.search(late[:3], k=1, tenant="late", principal=ADMIN, ef=4096)
     assert res.ids[:, 0].tolist() == [10_000, 10_001, 10_002] and np.allclose(res.scores[:, 0], 0, atol=1e-3)
     db.close()
 
@@ -153,7 +158,7 @@ def test_searches_never_see_half_a_batch_while_writes_and_a_rebuild_run(tmp_path
     def writer():
         for b in range(n_batches):
             ids = np.arange(100_000 + b * batch, 100_000 + (b + 1) * batch, dtype=np.int64)
-            col.upsert(ids, vecs[b * batch : (b + 1) * batch], tenant=f"w{b}")
+            col.upsert(ids, vecs[b * batch : (b + 1) * batch], tenant=f"w{b}", principal=ADMIN)
             if b == n_batches // 2:
                 col.build_index(background=True)
         done.set()
@@ -162,8 +167,10 @@ def test_searches_never_see_half_a_batch_while_writes_and_a_rebuild_run(tmp_path
         r = np.random.default_rng(seed)
         while not done.is_set():
             b = int(r.integers(0, n_batches))
-            n = col.count(tenant=f"w{b}")
-            hits = col.search(vecs[b * batch : b * batch + 1], k=batch, tenant=f"w{b}", ef=4096).counts[0]
+            n = col.count(tenant=f"w{b}", principal=ADMIN)
+            hits = col.search(
+                vecs[b * batch : b * batch + 1], k=batch, tenant=f"w{b}", principal=ADMIN, ef=4096
+            ).counts[0]
             if n not in (0, batch) or hits not in (0, batch):
                 torn.append(f"batch {b}: count {n}, hits {hits}")
 
@@ -173,5 +180,5 @@ def test_searches_never_see_half_a_batch_while_writes_and_a_rebuild_run(tmp_path
     for t in threads:
         t.join(timeout=300)
     assert not torn, torn[:5]
-    assert all(col.count(tenant=f"w{b}") == batch for b in range(n_batches))
+    assert all(col.count(tenant=f"w{b}", principal=ADMIN) == batch for b in range(n_batches))
     db.close()

@@ -72,18 +72,20 @@ def run_random_sequence(
 
 
 def _bad_write_changes_nothing(col, model: ModelCollection, rng: np.random.Generator, tenant: str) -> None:
-    """A refused batch (foreign id, invisible id, revoking the owner) leaves every tenant's view as it was."""
+    """A refused batch (an id shared with the writer, an invisible id, revoking the owner) leaves every tenant's
+    view as it was."""
     foreign = [i for i, o in model.owner.items() if o != tenant and tenant not in model.granted[i]]
     mine = [i for i, o in model.owner.items() if o == tenant]
     before = {t: col.count(tenant=t) for t in TENANTS}
-    if foreign:
-        victim = np.array([foreign[0]], np.int64)
-        with pytest.raises(AlreadyExists):
-            col.upsert(victim, rng.standard_normal((1, model.dim)).astype(np.float32), tenant=tenant)
+    if foreign:  # ids are per owner: another tenant's id is not this tenant's to delete (nor to learn of)
         with pytest.raises(NotFound):
-            col.delete(victim, tenant=tenant)
+            col.delete(np.array([foreign[0]], np.int64), tenant=tenant)
     shared_with_me = [i for i, o in model.owner.items() if o != tenant and tenant in model.granted[i]]
     if shared_with_me:
+        with pytest.raises(AlreadyExists):  # ids stay unique among what one tenant sees
+            col.upsert(
+                np.array(shared_with_me[:1]), rng.standard_normal((1, model.dim)).astype(np.float32), tenant=tenant
+            )
         with pytest.raises(PermissionDenied):
             col.delete(np.array(shared_with_me[:1] + mine[:1], np.int64), tenant=tenant)
     if mine:

@@ -20,6 +20,7 @@ from engine.errors import InvalidArgument
 from engine.index.curator import CuratorIndex
 from engine.index.table import VectorTable
 from engine.kernels import metrics
+from engine.principal import ADMIN
 from engine.training import _probe, ann, mine_hard_negatives
 from engine.training.search import ScopedVectors
 from engine.types import LVQ
@@ -339,16 +340,16 @@ def test_a_collections_index_serves_the_leaf_probe_within_each_tenant(tmp_path, 
         col = db.create_collection("c", dim=24, metric="cosine", compression=compression)
         for t in range(3):
             ids = np.flatnonzero(owners == t)
-            col.upsert(ids, x[ids], tenant=f"t{t}")
+            col.upsert(ids, x[ids], tenant=f"t{t}", principal=ADMIN)
         shared = np.flatnonzero(owners == 0)[:500]
-        col.grant(shared, tenant="t2")
+        col.grant(shared, tenant="t2", principal=ADMIN)
         col.build_index()
         q = np.ascontiguousarray(metrics.prepare("cosine", blobs(rng, 40, 24)))
         for t in range(3):
             visible = np.flatnonzero(owners == t)
             if t == 2:
                 visible = np.union1d(visible, shared)
-            tenant_no = db._tenants.find(f"t{t}")
+            tenant_no = db.tenants.find(f"t{t}")
             assert not ann.LeafProbe(col.index, tenant_no).exact
             ids, sims = ann.index_search_fn(col.index, tenant_no, ef=1500)(q, 20)
             assert set(ids.reshape(-1).tolist()) <= set(visible.tolist())

@@ -122,7 +122,6 @@ def _bad_requests(vecs):
             SC.INVALID_ARGUMENT,
         ),
         "grant of unknown ids": (("Grant", pb.GrantRequest(collection="docs", tenant="beta", ids=[999])), SC.NOT_FOUND),
-        "upsert of another tenant's id": (upsert([15], _matrix(vecs[:1])), SC.ALREADY_EXISTS),
         "revoke the owner": (
             ("Revoke", pb.RevokeRequest(collection="docs", tenant="alpha", ids=[1])),
             SC.FAILED_PRECONDITION,

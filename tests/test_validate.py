@@ -17,10 +17,24 @@ def test_finite_vectors_pass_and_come_back_c_ordered_float32(shape):
     np.testing.assert_array_equal(got, x.astype(np.float32))
 
 
-def test_huge_finite_values_pass_although_their_squares_overflow():
-    x = np.full((3, 8), 3e38, np.float32)
-    x[1] = -3e38
+def test_values_up_to_the_range_pass_although_their_sum_of_squares_is_large():
+    x = np.full((3, 8), validate.MAX_ABS_VALUE, np.float32)
+    x[1] = -validate.MAX_ABS_VALUE
     np.testing.assert_array_equal(validate.vectors(x, 8), x)
+
+
+@pytest.mark.parametrize("huge", [2e15, 3e38, -3e38])
+def test_finite_values_beyond_the_range_are_refused_with_their_row(huge):
+    x = np.ones((3, 8), np.float32)
+    x[1, 3] = huge
+    with pytest.raises(InvalidArgument, match=r"beyond \+-1e\+15 \(first in row 1\)"):
+        validate.vectors(x, 8)
+
+
+def test_negative_ids_are_refused_unless_they_pad():
+    with pytest.raises(InvalidArgument, match="non-negative"):
+        validate.ids([3, -1])
+    assert validate.ids([3, -1], unique=False, allow_padding=True).tolist() == [3, -1]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

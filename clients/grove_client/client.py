@@ -46,9 +46,13 @@ class Collection:
         """
         return self._backend.upsert(self.name, ids, vectors, tenant)
 
-    def grant(self, ids, *, tenant: str) -> int:
-        """Make existing vectors visible to ``tenant``; returns how many were newly granted."""
-        return self._backend.grant(self.name, ids, tenant)
+    def grant(self, ids, *, tenant: str, owner: str | None = None) -> int:
+        """Make existing vectors visible to ``tenant``; returns how many were newly granted.
+
+        Ids are per owner: ``owner`` names whose vectors ``ids`` are. Without it (admin only) an id must name
+        one vector in the collection, else ``FailedPrecondition`` asks for the owner.
+        """
+        return self._backend.grant(self.name, ids, tenant, owner)
 
     def revoke(self, ids, *, tenant: str) -> int:
         """Take grants back from ``tenant``; returns how many were removed."""

@@ -1,4 +1,4 @@
-"""The embedded backend: the real engine (``engine.db.Database``) in this process, acting as the admin.
+"""The embedded backend: the real engine (``engine.db.Database``) in this process, acting as the admin (``ADMIN``).
 
 Imported only when ``Client(path=...)`` is used, so a remote-only client never loads numba or RocksDB.
 """
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.db import Database
+from engine.principal import ADMIN
 from engine.training import DynamicBatch, DynamicNegatives, MinedNegatives
 from engine.types import PRF, CollectionInfo, Compression, SearchResult
 from grove_client.backend import Backend, Closed, NegativesSession
@@ -43,22 +44,22 @@ class EmbeddedBackend(Backend):
         return self._db.create_tenant_key(tenant)
 
     def upsert(self, collection: str, ids, vectors, tenant: str) -> int:
-        return self._db.get_collection(collection).upsert(ids, vectors, tenant=tenant)
+        return self._db.get_collection(collection).upsert(ids, vectors, tenant=tenant, principal=ADMIN)
 
-    def grant(self, collection: str, ids, tenant: str) -> int:
-        return self._db.get_collection(collection).grant(ids, tenant=tenant)
+    def grant(self, collection: str, ids, tenant: str, owner: str | None) -> int:
+        return self._db.get_collection(collection).grant(ids, tenant=tenant, owner=owner, principal=ADMIN)
 
     def revoke(self, collection: str, ids, tenant: str) -> int:
-        return self._db.get_collection(collection).revoke(ids, tenant=tenant)
+        return self._db.get_collection(collection).revoke(ids, tenant=tenant, principal=ADMIN)
 
     def delete(self, collection: str, ids, tenant: str) -> int:
-        return self._db.get_collection(collection).delete(ids, tenant=tenant)
+        return self._db.get_collection(collection).delete(ids, tenant=tenant, principal=ADMIN)
 
     def search(self, collection: str, queries, k: int, tenant: str, ef: int | None, prf: PRF | None) -> SearchResult:
-        return self._db.get_collection(collection).search(queries, k=k, tenant=tenant, ef=ef, prf=prf)
+        return self._db.get_collection(collection).search(queries, k=k, tenant=tenant, ef=ef, prf=prf, principal=ADMIN)
 
     def count(self, collection: str, tenant: str) -> int:
-        return self._db.get_collection(collection).count(tenant=tenant)
+        return self._db.get_collection(collection).count(tenant=tenant, principal=ADMIN)
 
     def stats(self, collection: str) -> dict:
         return self._db.get_collection(collection).stats()
@@ -76,10 +77,12 @@ class EmbeddedBackend(Backend):
         self, collection: str, queries, positives, tenant: str, options: dict
     ) -> Iterator[tuple[int, int, MinedNegatives]]:
         col = self._db.get_collection(collection)
-        yield from col.mine_hard_negatives_stream(queries, positives, tenant=tenant, **options)
+        yield from col.mine_hard_negatives_stream(queries, positives, tenant=tenant, principal=ADMIN, **options)
 
     def dynamic_negatives(self, collection: str, positives, tenant: str, k: int) -> NegativesSession:
-        return _EmbeddedSession(self._db.get_collection(collection).dynamic_negatives(positives, tenant=tenant, k=k))
+        return _EmbeddedSession(
+            self._db.get_collection(collection).dynamic_negatives(positives, tenant=tenant, k=k, principal=ADMIN)
+        )
 
     def close(self) -> None:
         db, self._db = self._db, Closed()

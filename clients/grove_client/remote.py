@@ -149,8 +149,10 @@ class RemoteBackend(Backend):
             convert.matrix_to_pb(arr[start : start + rows], msg.vectors)
             yield msg
 
-    def grant(self, collection: str, ids, tenant: str) -> int:
-        request = self._scoped(pb.GrantRequest, collection, tenant, ids=convert.ids_to_wire(ids))
+    def grant(self, collection: str, ids, tenant: str, owner: str | None) -> int:
+        if owner is not None and type(owner) is not str:
+            raise _refuse(TypeError(owner), (owner, "owner"))
+        request = self._scoped(pb.GrantRequest, collection, tenant, ids=convert.ids_to_wire(ids), owner=owner or "")
         return self._call(self._stub.Grant, request).count
 
     def revoke(self, collection: str, ids, tenant: str) -> int:

@@ -78,7 +78,7 @@ BOUNDS_PER_LEAF = 4
 #: float32, 1.24-1.32x LeanVec-OOD), while many small tenants lose 5-8% with it and single inserts cost 1.5x
 REFINED_TENANT_SHARE = 0.5
 #: version of the arrays written by ``state()``
-STATE_VERSION = 2
+STATE_VERSION = 3
 #: a collection with fewer vectors than this is best served untrained (exact); a suggestion for callers
 MIN_TRAIN_ROWS = 4096
 #: the default ef of a tenant is at least this share of its vectors: a fixed budget that suits tenants of up to
@@ -629,7 +629,7 @@ class CuratorIndex:
     def state(self) -> dict[str, np.ndarray]:
         """The index as arrays: parameters, tree, codec, row placement, and each tenant's members.
 
-        Rows are stored as external ids (``table.ids``), so a reload whose table numbers its slots differently
+        Rows are stored as (owner, external id) pairs, so a reload whose table numbers its slots differently
         still maps them; codes and node statistics are recomputed from the vectors at load.
         """
         placed = np.flatnonzero(self._refs > 0)
@@ -647,6 +647,7 @@ class CuratorIndex:
             params=np.array([getattr(self, p) for p in _PARAMS], np.float64),
             metric=np.frombuffer(self.metric.encode(), np.uint8).copy(),
             placed_ids=self.table.ids[placed].astype(np.int64),
+            placed_owners=self.table.owner[placed].astype(np.int64),
             placed_rank=self._rank[placed].astype(np.int32),
             tenant_ids=tenants,
             tenant_offsets=offsets,
@@ -677,6 +678,7 @@ class CuratorIndex:
             pca = table.codec is None
             scan = PCACodes.from_state({k: state[f"codec_{k}"] for k in ("proj", "poff", "scale")}) if pca else None
             ids = np.asarray(state["placed_ids"], np.int64)
+            owners = np.asarray(state["placed_owners"], np.int64)
             rank = np.asarray(state["placed_rank"], np.int32)
             tenants = np.asarray(state["tenant_ids"], np.int64)
             offsets = np.asarray(state["tenant_offsets"], np.int64)
@@ -686,13 +688,18 @@ class CuratorIndex:
         d = table.dim
         if tree.centroids.shape[1] != d or (pca and scan.proj.shape[1] != d):
             raise ValueError(f"index state is for another dimension than the table's {d}")
-        if ids.shape != rank.shape or offsets.shape != (tenants.shape[0] + 1,) or offsets[-1] != members.shape[0]:
+        if (
+            ids.shape != rank.shape
+            or ids.shape != owners.shape
+            or offsets.shape != (tenants.shape[0] + 1,)
+            or offsets[-1] != members.shape[0]
+        ):
             raise ValueError("index state arrays disagree in length; rebuild the index from the table")
         if rank.shape[0] and (rank.min() < 0 or rank.max() >= tree.n_leaves):
             raise ValueError("index state places rows in leaves the tree does not have")
         if members.shape[0] and (members.min() < 0 or members.max() >= ids.shape[0]):
             raise ValueError("index state lists members it did not place")
-        slots = table.slots(ids)
+        slots = table.slots_of(ids, owners)
         if (slots < 0).any():
             raise ValueError(f"{int((slots < 0).sum())} ids of the index state are not in the table (stale state)")
         refs = np.bincount(members, minlength=ids.shape[0]).astype(np.int32)

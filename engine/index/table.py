@@ -1,6 +1,8 @@
 """The in-memory rows of one collection: vectors, their external ids, owners and grants (the ACL).
 
-Rows ("slots") are positions in growable arrays; a freed slot is reused. The vectors live in a row store
+A vector is named by its owner and its id: each owner tenant has an id namespace of its own, so one tenant's
+ids say nothing about another's (``slots(ids, owner)``). Rows ("slots") are positions in growable arrays; a
+freed slot is reused. The vectors live in a row store
 (``engine.index.rows``): float32, or only a codec's codes for a compressed collection (``compressed``). The
 access list of a row is its owner plus a set of granted tenants; it is the authority every index is checked
 against. Not thread-safe by itself: ``engine.db.Collection`` holds the lock.
@@ -25,12 +27,14 @@ class VectorTable:
         self.ids = np.full(capacity, -1, np.int64)
         self.owner = np.full(capacity, -1, np.int32)
         self.grants = GrantSet()
-        self.slot_of = IdMap()
+        self._slot_of: dict[int, IdMap] = {}  # owner -> (id -> slot)
+        self._granted_of: dict[int, IdMap] = {}  # tenant -> (id -> slot) of the vectors granted to it
+        self._count = 0
         self._free: list[int] = []
         self._high = 0
 
     def __len__(self) -> int:
-        return len(self.slot_of)
+        return self._count
 
     @property
     def data(self) -> np.ndarray:
@@ -65,9 +69,40 @@ class VectorTable:
         twin.store = store
         return twin
 
-    def slots(self, ids: np.ndarray) -> np.ndarray:
-        """Slots of ``ids``, -1 where an id is absent."""
-        return self.slot_of.get_many(ids)
+    def slots(self, ids: np.ndarray, owner: int) -> np.ndarray:
+        """Slots of ``owner``'s vectors ``ids``, -1 where it has no such id."""
+        ids_of = self._slot_of.get(owner)
+        return np.full(ids.shape[0], -1, np.int64) if ids_of is None else ids_of.get_many(ids)
+
+    def slots_of(self, ids: np.ndarray, owners: np.ndarray) -> np.ndarray:
+        """Slots of the vectors ``(owners[i], ids[i])``, -1 where absent."""
+        out = np.full(ids.shape[0], -1, np.int64)
+        for owner, at in _by_owner(owners):
+            out[at] = self.slots(ids[at], owner)
+        return out
+
+    def visible_slots(self, ids: np.ndarray, tenant: int) -> np.ndarray:
+        """Slots of the vectors with ``ids`` that ``tenant`` sees (its own, then those granted to it), -1 where it
+        sees none. Ids are unique among what one tenant sees (the writes keep them so): each names one vector."""
+        out = self.slots(ids, tenant)
+        granted = self._granted_of.get(tenant)
+        miss = np.flatnonzero(out < 0)
+        if granted is not None and miss.size:
+            out[miss] = granted.get_many(ids[miss])
+        return out
+
+    def owners_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the admin, who names vectors by id alone: the slot of each id's vector, and how many owners have
+        that id (a slot only where exactly one does)."""
+        slots = np.full(ids.shape[0], -1, np.int64)
+        holders = np.zeros(ids.shape[0], np.int64)
+        for ids_of in self._slot_of.values():
+            found = ids_of.get_many(ids)
+            hit = found >= 0
+            holders += hit
+            slots[hit] = found[hit]
+        slots[holders != 1] = -1
+        return slots, holders
 
     def sees(self, slot: int, tenant: int) -> bool:
         return bool(self.sees_many(np.array([slot], np.int64), tenant)[0])
@@ -77,6 +112,13 @@ class VectorTable:
         ok = slots >= 0
         safe = np.where(ok, slots, 0)
         return ok & ((self.owner[safe] == tenant) | self.grants.has(safe, tenant))
+
+    def owned_by(self, slots: np.ndarray, tenant: int) -> np.ndarray:
+        """Whether ``tenant`` owns each of ``slots``; absent slots (-1) are False."""
+        out = np.zeros(slots.shape[0], bool)
+        present = slots >= 0
+        out[present] = self.owner[slots[present]] == tenant
+        return out
 
     def tenants_of(self, slot: int) -> list[int]:
         """Owner first, then the granted tenants."""
@@ -114,22 +156,34 @@ class VectorTable:
 
     def fit(self) -> None:
         """Drop the spare capacity beyond the highest slot in use and compact the maps (after a bulk load)."""
-        self.slot_of.compact()
+        for ids_of in (*self._slot_of.values(), *self._granted_of.values()):
+            ids_of.compact()
         if self.store.capacity > self._high:
             self.store.resized(self._high, self._high)
             self.ids = self.ids[: self._high].copy()
             self.owner = self.owner[: self._high].copy()
 
-    def put(self, slots: np.ndarray, ids: np.ndarray, vectors: np.ndarray, owner) -> None:
-        """Store rows: ``vectors`` float32, prepared for the metric (encoded here for a compressed table)."""
+    def put(self, slots: np.ndarray, ids: np.ndarray, vectors: np.ndarray, owner: int | np.ndarray) -> None:
+        """Store new rows (ids their owner does not have yet): ``vectors`` float32, prepared for the metric (encoded
+        here for a compressed table); ``owner`` one tenant for all, or one per row."""
         self.store.write(slots, vectors)
         self.ids[slots] = ids
         self.owner[slots] = owner
-        self.slot_of.put_many(ids, slots)
+        for o, at in _by_owner(self.owner[slots]):
+            self._slot_of.setdefault(o, IdMap()).put_many(ids[at], slots[at])
+        self._count += int(slots.shape[0])
 
     def free(self, slots: np.ndarray) -> None:
+        for slot in slots.tolist():
+            for t in self.grants.tenants_of(slot):
+                self._forget_granted(np.array([slot], np.int64), t)
         self.grants.remove_rows(slots)
-        self.slot_of.remove_many(self.ids[slots])
+        for o, at in _by_owner(self.owner[slots]):
+            ids_of = self._slot_of[o]
+            ids_of.remove_many(self.ids[slots[at]])
+            if not len(ids_of):
+                del self._slot_of[o]
+        self._count -= int(slots.shape[0])
         self._free.extend(slots.tolist())
         self.ids[slots] = -1
         self.owner[slots] = -1
@@ -140,6 +194,7 @@ class VectorTable:
         slots = np.atleast_1d(np.asarray(slots, np.int64))
         new = slots[~self.sees_many(slots, tenant)]
         self.grants.add(new, tenant)
+        self._granted_of.setdefault(tenant, IdMap()).put_many(self.ids[new], new)
         return new
 
     def revoke(self, slots: np.ndarray, tenant: int) -> np.ndarray:
@@ -147,12 +202,34 @@ class VectorTable:
         slots = np.atleast_1d(np.asarray(slots, np.int64))
         had = slots[self.grants.has(slots, tenant)]
         self.grants.remove(had, tenant)
+        self._forget_granted(had, tenant)
         return had
+
+    def _forget_granted(self, slots: np.ndarray, tenant: int) -> None:
+        if not slots.size:
+            return
+        granted = self._granted_of[tenant]
+        granted.remove_many(self.ids[slots])
+        if not len(granted):
+            del self._granted_of[tenant]
 
     def nbytes(self) -> dict[str, int]:
         return {
             **self.store.nbytes(),
             "row_meta_bytes": int(self.ids.nbytes + self.owner.nbytes),
-            "id_map_bytes": self.slot_of.nbytes(),
+            "id_map_bytes": sum(m.nbytes() for m in (*self._slot_of.values(), *self._granted_of.values())),
             "acl_bytes": self.grants.nbytes(),
         }
+
+
+def _by_owner(owners: np.ndarray):
+    """``(owner, positions)`` for each distinct owner in ``owners`` (positions into ``owners``)."""
+    owners = np.asarray(owners)
+    if owners.shape[0] and (owners == owners[0]).all():
+        yield int(owners[0]), np.arange(owners.shape[0])
+        return
+    order = np.argsort(owners, kind="stable")
+    cuts = np.flatnonzero(np.diff(owners[order])) + 1
+    for part in np.split(order, cuts):
+        if part.size:
+            yield int(owners[part[0]]), part

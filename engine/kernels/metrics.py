@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.validate import row_norms
+
 #: metric -> the kernel metric it is computed with
 KERNEL_METRIC = {"ip": "ip", "cosine": "ip", "l2": "l2"}
 
@@ -17,7 +19,7 @@ def prepare(metric: str, vectors: np.ndarray) -> np.ndarray:
     """What the kernels store and scan for ``vectors`` (unit rows for cosine; the rows as given otherwise)."""
     if metric != "cosine":
         return vectors
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = row_norms(vectors)[:, None]
     return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 

@@ -66,12 +66,8 @@ def u32(value: object, check) -> int:
 
 
 def ef_to_pb(ef: object) -> int | None:
-    """The search ``ef`` for the wire (None: unset); values beyond uint32 are clamped (they explore everything)."""
-    if ef is None:
-        return None
-    if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1:
-        raise InvalidArgument(f"ef must be a positive integer, got {ef!r}")
-    return min(int(ef), _U32_MAX)
+    """The search ``ef`` for the wire (None: unset), capped as the engine caps it (``validate.ef``)."""
+    return None if ef is None else validate.ef(ef)
 
 
 def metric_to_pb(metric: object) -> int:
@@ -145,7 +141,7 @@ def ids_to_wire(value: object) -> list[int]:
     arr = np.asarray(value)
     if arr.ndim == 1 and (arr.dtype.kind == "i" or arr.size == 0):
         return arr.tolist()
-    return validate.ids(arr, unique=False).tolist()
+    return validate.ids(arr, unique=False, allow_padding=True).tolist()
 
 
 def ids_from_pb(field) -> np.ndarray:
@@ -201,7 +197,9 @@ def search_result_from_pb(msg: pb.SearchResponse) -> SearchResult:
 def stats_to_pb(stats: dict) -> pb.StatsResponse:
     msg = pb.StatsResponse()
     for key, value in stats.items():
-        if isinstance(value, (bool, int, np.integer)):
+        if isinstance(value, str):
+            msg.texts[key] = value
+        elif isinstance(value, (bool, int, np.integer)):
             msg.ints[key] = int(value)
         else:
             msg.floats[key] = float(value)
@@ -212,6 +210,7 @@ def stats_from_pb(msg: pb.StatsResponse) -> dict:
     """The stats dict, keys sorted (protobuf maps keep no order)."""
     out: dict = dict(msg.ints)
     out.update(msg.floats)
+    out.update(msg.texts)
     return dict(sorted(out.items()))
 
 

@@ -51,7 +51,7 @@ class StreamBatch:
                 "collection and tenant (leave both empty after the first message)"
             )
         ids = validate.ids(ids)
-        vectors = validate.vectors(vectors, self.collection.dim)
+        vectors = validate.vectors(vectors, self.collection.dim, metric=self.collection.metric)
         validate.same_length(ids, vectors)
         self._rows += ids.size
         if self._rows > validate.MAX_BATCH:

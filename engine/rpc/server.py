@@ -1,8 +1,12 @@
 """Building the gRPC server (``create_server``) apart from running it (``serve``), so tests start one on port 0.
 
 The server carries the Grove servicer behind two interceptors (``GuardInterceptor`` outside, mapping every
-failure to a status; ``AuthInterceptor`` inside, resolving the API key), plus the standard health service
-(``grpc.health.v1``) and server reflection, so Kubernetes probes and ``grpcurl`` work unchanged.
+failure to a status; ``AuthInterceptor`` inside, resolving the API key and admitting streams), plus the standard
+health service (``grpc.health.v1``) and server reflection, so Kubernetes probes and ``grpcurl`` work unchanged.
+
+The port is bound exclusively (no ``SO_REUSEPORT``: a second server on a taken port fails instead of silently
+sharing it). Worker threads: ``max_workers`` for unary calls plus one per stream slot (``StreamGate``), so
+streams held open can never take the threads unary calls need.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +28,15 @@ from engine.errors import Unavailable
 from engine.rpc.auth import AuthInterceptor
 from engine.rpc.guard import GuardInterceptor
 from engine.rpc.pb import grove_pb2, grove_pb2_grpc
-from engine.rpc.servicer import DEFAULT_MAX_STREAM_BYTES, GroveServicer
+from engine.rpc.servicer import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAM_BYTES, GroveServicer
+from engine.rpc.streams import (
+    DEFAULT_STREAM_IDLE_SECONDS,
+    DEFAULT_STREAMS_PER_PRINCIPAL,
+    DEFAULT_STREAMS_TOTAL,
+    StreamGate,
+)
 
 SERVICE_NAME = grove_pb2.DESCRIPTOR.services_by_name["Grove"].full_name  # "grove.v1.Grove"
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _log = logging.getLogger("grove.server")
 
 
@@ -41,6 +52,9 @@ def create_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
     max_workers: int | None = None,
+    max_streams: int = DEFAULT_STREAMS_TOTAL,
+    max_streams_per_key: int = DEFAULT_STREAMS_PER_PRINCIPAL,
+    stream_idle_seconds: float = DEFAULT_STREAM_IDLE_SECONDS,
     tls: tuple[str | Path, str | Path] | None = None,
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
@@ -52,9 +66,13 @@ def create_server(
     address : ``host:port``; port 0 picks a free port (returned).
     max_message_bytes : largest message received or sent (default 64 MiB); larger -> RESOURCE_EXHAUSTED.
     max_stream_bytes : largest total of one ``UpsertStream`` (default 1 GiB); larger -> RESOURCE_EXHAUSTED.
-    max_workers : threads serving calls (default ``min(32, 4 x cores)``).
+    max_workers : threads serving unary calls (default ``min(32, 4 x cores)``).
+    max_streams : streaming calls open at once, in all; each has a thread of its own beside ``max_workers``.
+    max_streams_per_key : streaming calls one principal (a tenant, or the admin) may hold open at once.
+    stream_idle_seconds : a stream with no message in or out for this long is cancelled.
     tls : ``(cert_file, key_file)`` PEM paths to serve TLS; None serves plaintext.
-    health_servicer : the health service to register (``serve`` passes its own to flip it at shutdown).
+    health_servicer : the health service to register (``serve`` passes its own to flip it). It says SERVING
+        once ``db`` is loaded, NOT_SERVING before (``mark_serving`` flips it).
 
     Returns
     -------
@@ -63,17 +81,20 @@ def create_server(
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
     ]
+    gate = StreamGate(per_principal=max_streams_per_key, total=max_streams, idle_seconds=stream_idle_seconds)
+    threads = (max_workers or _default_workers()) + max_streams
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers or _default_workers(), thread_name_prefix="grove-rpc"),
-        interceptors=[GuardInterceptor(), AuthInterceptor(db)],
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grove-rpc"),
+        interceptors=[GuardInterceptor(), AuthInterceptor(db, gate)],
         options=options,
     )
-    grove_pb2_grpc.add_GroveServicer_to_server(GroveServicer(db, max_stream_bytes=max_stream_bytes), server)
+    servicer = GroveServicer(db, max_stream_bytes=max_stream_bytes, max_message_bytes=max_message_bytes)
+    grove_pb2_grpc.add_GroveServicer_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    mark_serving(health_servicer, db.loaded)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         if tls is None:
@@ -88,20 +109,47 @@ def create_server(
     return server, port
 
 
-def serve(db, address: str = "127.0.0.1:50051", *, grace: float = 10.0, **options) -> None:
+def mark_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    """Set the health of the server and of the Grove service: SERVING, or NOT_SERVING (loading, stopping)."""
+    state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, state)
+
+
+def serve(
+    db,
+    address: str = "127.0.0.1:50051",
+    *,
+    grace: float = 10.0,
+    before_start: Callable[[], None] | None = None,
+    **options,
+) -> None:
     """Serve ``db`` until SIGTERM or SIGINT, then shut down gracefully and close (flush) the database.
 
-    Shutdown: health turns NOT_SERVING (load balancers stop routing), new calls are refused, calls in
-    flight get ``grace`` seconds to finish, then ``db.close()`` flushes RocksDB. Call from the main thread.
-    ``options`` are those of ``create_server``. Prints ``grove: serving on HOST:PORT`` once listening.
+    Start-up: the port is bound first (a taken port raises ``Unavailable`` before anything else happens), then
+    ``before_start`` runs (the CLI makes and prints a new admin key there), the server starts listening with its
+    health NOT_SERVING, and ``db.load()`` reads the collections; calls that arrive meanwhile wait for it. Health
+    then says SERVING. Shutdown: health turns NOT_SERVING (load balancers stop routing), new calls are refused,
+    calls in flight get ``grace`` seconds to finish, then ``db.close()`` flushes RocksDB. Call from the main
+    thread. ``options`` are those of ``create_server``. Prints ``grove: serving on HOST:PORT`` once listening.
     """
     health_servicer = health.HealthServicer()
     server, port = create_server(db, address, health_servicer=health_servicer, **options)
+    if before_start is not None:
+        before_start()
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     server.start()
-    print(f"grove: serving on {address.rsplit(':', 1)[0]}:{port}", flush=True)
+    tls = "TLS" if options.get("tls") else "plaintext, no TLS"
+    print(f"grove: serving on {address.rsplit(':', 1)[0]}:{port} ({tls})", flush=True)
     try:
+        t0 = time.perf_counter()
+        db.load()
+        mark_serving(health_servicer, True)
+        print(
+            f"grove: ready ({len(db.list_collections())} collections loaded in {time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
         _log.info("grove: shutting down (grace %.1f s)", grace)

@@ -6,6 +6,7 @@ the principal the auth interceptor's (read through ``auth.principal()``).
 
 from __future__ import annotations
 
+from engine.errors import ResourceExhausted
 from engine.rpc import convert
 from engine.rpc.auth import principal
 from engine.rpc.ingest import StreamBatch
@@ -14,14 +15,33 @@ from engine.rpc.pb import grove_pb2_grpc
 from engine.rpc.sessions import DynamicStream
 
 DEFAULT_MAX_STREAM_BYTES = 1 << 30
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+#: bytes of one (id, score) cell of an answer: int64 id + float32 score
+_CELL_BYTES = 12
 
 
 class GroveServicer(grove_pb2_grpc.GroveServicer):
     """Serves ``grove.v1.Grove`` from one ``engine.db.Database``."""
 
-    def __init__(self, db, *, max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES) -> None:
+    def __init__(
+        self,
+        db,
+        *,
+        max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._db = db
         self._max_stream_bytes = max_stream_bytes
+        self._max_message_bytes = max_message_bytes
+
+    def _answer_fits(self, rows: int, width: int, what: str) -> None:
+        """Refuse, before any work, an answer of ``rows x width`` cells that could not be sent in one message."""
+        need = rows * width * _CELL_BYTES
+        if need > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"{what} would answer {rows} x {width} results ({need:,} bytes), beyond the server's message limit "
+                f"of {self._max_message_bytes:,} bytes; send fewer queries per call or ask for fewer results"
+            )
 
     # ------------------------------------------------------------------------------------- collections
     def CreateCollection(self, request, context):
@@ -57,7 +77,8 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
 
     def Grant(self, request, context):
         col = self._db.get_collection(request.collection)
-        count = col.grant(convert.ids_from_pb(request.ids), tenant=request.tenant, principal=principal())
+        owner = request.owner or None
+        count = col.grant(convert.ids_from_pb(request.ids), tenant=request.tenant, owner=owner, principal=principal())
         return pb.GrantResponse(count=count)
 
     def Revoke(self, request, context):
@@ -73,6 +94,8 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
     # ------------------------------------------------------------------------------------- reads
     def Search(self, request, context):
         col = self._db.get_collection(request.collection)
+        prf_depth = request.prf.depth if request.HasField("prf") else 0
+        self._answer_fits(request.queries.rows, max(request.k, prf_depth), "this search")
         res = col.search(
             convert.matrix_from_pb(request.queries),
             k=request.k,
@@ -110,12 +133,16 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
     # ------------------------------------------------------------------------------------- training hooks
     def MineHardNegatives(self, request, context):
         col = self._db.get_collection(request.collection)
+        options = convert.mining_options_from_pb(request)
+        rows = min(request.queries.rows, options.get("chunk_size", 1024))
+        width = int(options.get("num_negatives") or 3) + int(options.get("random_negatives") or 0)
+        self._answer_fits(rows, width + 1, "one mining chunk")
         chunks = col.mine_hard_negatives_stream(
             convert.matrix_from_pb(request.queries),
             convert.id_lists_from_pb(request.positives),
             tenant=request.tenant,
             principal=principal(),
-            **convert.mining_options_from_pb(request),
+            **options,
         )
         for first_row, total_rows, part in chunks:  # one chunk mined, one message sent
             yield convert.mined_to_pb(first_row, total_rows, part)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.errors import GroveError, InvalidArgument
+from engine.principal import Principal
 
 
 class DynamicStream:
@@ -19,10 +20,10 @@ class DynamicStream:
     Parameters
     ----------
     db : the ``engine.db.Database`` served.
-    principal : ``None`` (admin) or the tenant of the caller's key.
+    principal : ``ADMIN`` or the tenant of the caller's key (``engine.principal``).
     """
 
-    def __init__(self, db, principal: str | None) -> None:
+    def __init__(self, db, principal: Principal) -> None:
         self._db = db
         self._principal = principal
         self._messages = 0

@@ -1,18 +1,20 @@
 """The key schema of Grove's RocksDB, in one place.
 
-Every key starts with one tag byte; numbers are big-endian so that keys of one collection sort together
-and in id order. Vector ids are int64 stored with the sign bit flipped (order-preserving).
+Every key starts with one tag byte; numbers are big-endian so that keys of one collection sort together,
+then by owner and id. Vector ids are int64 stored with the sign bit flipped (order-preserving). A vector is
+named by its owner tenant and its id: each owner has an id namespace of its own. ``FORMAT`` is the layout's
+version, stored in every store (``format_key``); a store of another version is refused, not misread.
 
 =====================  ==========================================  =====================================
 key                    layout                                      value
 =====================  ==========================================  =====================================
-counter                ``N`` + name                                u64
+counter                ``N`` + name                                u64 (``format``: the layout's version)
 collection             ``C`` + name (utf-8)                        JSON: id, dim, metric, compression
 tenant                 ``T`` + name (utf-8)                        u32 tenant number
-api key                ``K`` + sha256(key)                         tenant name (utf-8); ``A`` for admin
+api key                ``K`` + sha256(key)                         ``T`` + tenant name (utf-8)
 admin key              ``A``                                       sha256(admin key)
-vector                 ``V`` + col u32 + id                        owner u32 + float32 row (as given)
-grant                  ``G`` + col u32 + id + tenant u32           empty
+vector                 ``V`` + col u32 + owner u32 + id            float32 row (as given)
+grant                  ``G`` + col u32 + owner u32 + id + tenant   empty
 index state            ``I`` + col u32 + name                      opaque bytes owned by the index
 codec                  ``P`` + col u32 + name                      one ``.npy`` array of the learned codec
 =====================  ==========================================  =====================================
@@ -26,6 +28,7 @@ import numpy as np
 
 COUNTER, COLLECTION, TENANT, API_KEY, ADMIN, VECTOR, GRANT, INDEX = (b"N", b"C", b"T", b"K", b"A", b"V", b"G", b"I")
 CODEC = b"P"
+FORMAT = 2  # 1: vector keys without the owner (ids unique per collection)
 _SIGN = 1 << 63
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -82,12 +85,31 @@ def collection_prefix(tag: bytes, col: int) -> bytes:
     return tag + u32(col)
 
 
-def vector(col: int, i: int) -> bytes:
-    return VECTOR + u32(col) + vid(i)
+def format_key() -> bytes:
+    return counter("format")
 
 
-def grant(col: int, i: int, tenant_no: int) -> bytes:
-    return GRANT + u32(col) + vid(i) + u32(tenant_no)
+def vector(col: int, owner: int, i: int) -> bytes:
+    return VECTOR + u32(col) + u32(owner) + vid(i)
+
+
+def read_vector(key: bytes) -> tuple[int, int]:
+    """``(owner, id)`` of a vector key."""
+    return read_u32(key, 5), read_vid(key, 9)
+
+
+def grant(col: int, owner: int, i: int, tenant_no: int) -> bytes:
+    return GRANT + u32(col) + u32(owner) + vid(i) + u32(tenant_no)
+
+
+def read_grant(key: bytes) -> tuple[int, int, int]:
+    """``(owner, id, tenant)`` of a grant key."""
+    return read_u32(key, 5), read_vid(key, 9), read_u32(key, 17)
+
+
+def vector_row(value: bytes, dim: int) -> np.ndarray:
+    """The float32 row of a vector value (a read-only view)."""
+    return np.frombuffer(value, "<f4", count=dim)
 
 
 def index_state(col: int, name: str) -> bytes:
@@ -98,5 +120,5 @@ def codec(col: int, name: str) -> bytes:
     return CODEC + u32(col) + name.encode()
 
 
-def vector_value(owner: int, row: np.ndarray) -> bytes:
-    return u32(owner) + row.astype("<f4", copy=False).tobytes()
+def vector_value(row: np.ndarray) -> bytes:
+    return row.astype("<f4", copy=False).tobytes()
