@@ -64,7 +64,8 @@ def start_server(path: Path, port: int, admin_key: str = ADMIN_KEY, *args: str) 
         except OSError:
             if proc.poll() is not None:
                 with proc.stderr:
-                    raise RuntimeError("server exited: " + proc.stderr.read().decode(errors="replace")[-2000:]) from None
+                    said = proc.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError("server exited: " + said) from None
             time.sleep(0.05)
     kill9(proc)
     raise RuntimeError("server did not listen within 120 s")

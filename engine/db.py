@@ -171,9 +171,8 @@ class Collection:
                     )
                 batch = Batch()
                 claim.record(batch)
-                col = self.no
-                for i, row in zip(ids.tolist(), vecs):
-                    batch.put(keys.vector(col, tenant_no, i), keys.vector_value(row))
+                for key, value in keys.vector_items(self.no, tenant_no, ids, vecs):
+                    batch.put(key, value)
                 self._commit(batch)
                 claim.committed()
             prepared = metrics.prepare(self.metric, vecs)

@@ -23,6 +23,7 @@ codec                  ``P`` + col u32 + name                      one ``.npy`` 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -120,5 +121,16 @@ def codec(col: int, name: str) -> bytes:
     return CODEC + u32(col) + name.encode()
 
 
-def vector_value(row: np.ndarray) -> bytes:
-    return row.astype("<f4", copy=False).tobytes()
+def vector_items(col: int, owner: int, ids: np.ndarray, rows: np.ndarray) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of each vector ``(owner, ids[j])`` with the float32 row ``rows[j]``: keys built in one numpy
+    pass (twice as fast as one ``vector`` call each, on a batch of a million)."""
+    n = ids.shape[0]
+    key_len = 9 + 8
+    packed = np.empty((n, key_len), np.uint8)
+    packed[:, :9] = np.frombuffer(VECTOR + u32(col) + u32(owner), np.uint8)
+    packed[:, 9:] = vids(ids)
+    key_bytes = packed.tobytes()
+    value_bytes = np.ascontiguousarray(rows, "<f4").tobytes()
+    width = rows.shape[1] * 4
+    for j in range(n):
+        yield key_bytes[key_len * j : key_len * (j + 1)], value_bytes[width * j : width * (j + 1)]
