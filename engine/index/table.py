@@ -28,7 +28,8 @@ class VectorTable:
         self.owner = np.full(capacity, -1, np.int32)
         self.grants = GrantSet()
         self._slot_of: dict[int, IdMap] = {}  # owner -> (id -> slot)
-        self._granted_of: dict[int, IdMap] = {}  # tenant -> (id -> slot) of the vectors granted to it
+        # tenant -> {owner: how many of that owner's vectors are granted to it}: where a tenant's granted ids live
+        self._granters: dict[int, dict[int, int]] = {}
         self._count = 0
         self._free: list[int] = []
         self._high = 0
@@ -85,10 +86,14 @@ class VectorTable:
         """Slots of the vectors with ``ids`` that ``tenant`` sees (its own, then those granted to it), -1 where it
         sees none. Ids are unique among what one tenant sees (the writes keep them so): each names one vector."""
         out = self.slots(ids, tenant)
-        granted = self._granted_of.get(tenant)
-        miss = np.flatnonzero(out < 0)
-        if granted is not None and miss.size:
-            out[miss] = granted.get_many(ids[miss])
+        for owner in self._granters.get(tenant, ()):  # the owners that granted it anything: a few, typically
+            miss = np.flatnonzero(out < 0)
+            if not miss.size:
+                break
+            found = self.slots(ids[miss], owner)
+            hit = found >= 0
+            hit[hit] = self.grants.has(found[hit], tenant)
+            out[miss[hit]] = found[hit]
         return out
 
     def owners_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +161,7 @@ class VectorTable:
 
     def fit(self) -> None:
         """Drop the spare capacity beyond the highest slot in use and compact the maps (after a bulk load)."""
-        for ids_of in (*self._slot_of.values(), *self._granted_of.values()):
+        for ids_of in self._slot_of.values():
             ids_of.compact()
         if self.store.capacity > self._high:
             self.store.resized(self._high, self._high)
@@ -176,7 +181,7 @@ class VectorTable:
     def free(self, slots: np.ndarray) -> None:
         for slot in slots.tolist():
             for t in self.grants.tenants_of(slot):
-                self._forget_granted(np.array([slot], np.int64), t)
+                self._count_granted(np.array([slot], np.int64), t, -1)
         self.grants.remove_rows(slots)
         for o, at in _by_owner(self.owner[slots]):
             ids_of = self._slot_of[o]
@@ -194,7 +199,7 @@ class VectorTable:
         slots = np.atleast_1d(np.asarray(slots, np.int64))
         new = slots[~self.sees_many(slots, tenant)]
         self.grants.add(new, tenant)
-        self._granted_of.setdefault(tenant, IdMap()).put_many(self.ids[new], new)
+        self._count_granted(new, tenant, +1)
         return new
 
     def revoke(self, slots: np.ndarray, tenant: int) -> np.ndarray:
@@ -202,23 +207,30 @@ class VectorTable:
         slots = np.atleast_1d(np.asarray(slots, np.int64))
         had = slots[self.grants.has(slots, tenant)]
         self.grants.remove(had, tenant)
-        self._forget_granted(had, tenant)
+        self._count_granted(had, tenant, -1)
         return had
 
-    def _forget_granted(self, slots: np.ndarray, tenant: int) -> None:
+    def _count_granted(self, slots: np.ndarray, tenant: int, sign: int) -> None:
         if not slots.size:
             return
-        granted = self._granted_of[tenant]
-        granted.remove_many(self.ids[slots])
-        if not len(granted):
-            del self._granted_of[tenant]
+        granters = self._granters.setdefault(tenant, {})
+        owners, counts = np.unique(self.owner[slots], return_counts=True)
+        for owner, n in zip(owners.tolist(), counts.tolist()):
+            left = granters.get(owner, 0) + sign * n
+            if left:
+                granters[owner] = left
+            else:
+                del granters[owner]
+        if not granters:
+            del self._granters[tenant]
 
     def nbytes(self) -> dict[str, int]:
         return {
             **self.store.nbytes(),
             "row_meta_bytes": int(self.ids.nbytes + self.owner.nbytes),
-            "id_map_bytes": sum(m.nbytes() for m in (*self._slot_of.values(), *self._granted_of.values())),
-            "acl_bytes": self.grants.nbytes(),
+            "id_map_bytes": sum(ids_of.nbytes() for ids_of in self._slot_of.values()),
+            # the grants, and the granting owners per tenant (CPython: ~100 B an (owner, count) entry)
+            "acl_bytes": self.grants.nbytes() + 100 * sum(len(g) for g in self._granters.values()),
         }
 
 
