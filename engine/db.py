@@ -378,10 +378,14 @@ class Collection:
             scores, rows = self.index.search(q, k, tenant_no, ef=ef)
             if self.table.ids.shape[0] == 0:  # no rows at all (every one deleted, then reloaded): all padding
                 ids = np.full(rows.shape, -1, np.int64)
-            else:
+            elif m == 1:
                 ids = self.table.ids.take(rows)  # padding rows (-1) read the last row: overwritten next
-                if m > 1 or rows[0, -1] < 0:  # padding follows the hits: one query's last row tells (0.5 us less)
+                if rows[0, -1] < 0:  # padding follows the hits: the last row tells (0.5 us less)
                     ids[rows < 0] = -1
+            else:  # ids replace the rows in place: a large answer is held once, not twice
+                padding = rows < 0
+                ids = np.take(self.table.ids, rows, out=rows, mode="wrap")
+                ids[padding] = -1
         finally:
             self._rw.release_read()
         return SearchResult(ids, metrics.finalize(self.metric, scores))

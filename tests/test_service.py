@@ -425,3 +425,20 @@ def test_tls(tmp_path):
             plaintext.list_collections()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 1000), (50, 300)])
+def test_the_search_answer_written_by_hand_is_the_message_protobuf_writes(shape):
+    from engine.rpc import convert
+    from engine.types import SearchResult
+
+    rng = np.random.default_rng(sum(shape))
+    ids = rng.integers(-1, 2**62, shape)
+    scores = rng.standard_normal((shape[0], shape[1] * 2)).astype(np.float32)[:, ::2]  # not contiguous
+    raw = convert.search_answer(SearchResult(ids, scores))
+    message = pb.SearchResponse(rows=shape[0], k=shape[1], ids=ids.astype("<i8").tobytes())
+    message.scores = np.ascontiguousarray(scores, "<f4").tobytes()
+    assert raw == message.SerializeToString()
+    back = convert.search_result_from_pb(pb.SearchResponse.FromString(raw))
+    np.testing.assert_array_equal(back.ids, ids)
+    np.testing.assert_array_equal(back.scores, scores)

@@ -164,10 +164,10 @@ def _check(rc: int) -> None:
         raise ValueError(f"native kernel failed: {_ERRORS.get(rc, rc)}")
 
 
-def _topk_part(lib, dat, q, rows, start, n, kind, k):
+def _topk_part(lib, dat, q, rows, start, n, kind, k, out=None):
+    """Top-k of one part into ``out`` (C-contiguous ``(scores, rows)`` of ``[m, k]``), or new arrays."""
     m = q.shape[0]
-    out_s = np.empty((m, k), np.float32)
-    out_r = np.empty((m, k), np.int64)
+    out_s, out_r = out if out is not None else (np.empty((m, k), np.float32), np.empty((m, k), np.int64))
     _check(
         lib.grove_topk(ctypes.byref(dat), _ptr(q), m, _ptr(rows), start, n, _KIND[kind], k, _ptr(out_s), _ptr(out_r))
     )
@@ -198,12 +198,15 @@ def search(
     if threads <= 1 or work < PARALLEL_MIN_WORK:
         return _topk_part(lib, dat, queries, rows, start, n, kind, k)
     pool = _executor(threads)
-    if m >= 2 * threads:  # by queries: each thread writes its own rows of the output
+    if m >= 2 * threads:  # by queries: each thread writes its own rows of the output (held once, not twice)
+        out_s, out_r = np.empty((m, k), np.float32), np.empty((m, k), np.int64)
         futs = [
-            pool.submit(_topk_part, lib, dat, queries[a:b], rows, start, n, kind, k) for a, b in _splits(m, threads)
+            pool.submit(_topk_part, lib, dat, queries[a:b], rows, start, n, kind, k, (out_s[a:b], out_r[a:b]))
+            for a, b in _splits(m, threads)
         ]
-        parts = [f.result() for f in futs]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        for f in futs:
+            f.result()
+        return out_s, out_r
     futs = []
     for a, b in _splits(n, threads):  # by rows, then merge the top-k lists
         if rows is not None:

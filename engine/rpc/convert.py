@@ -175,14 +175,38 @@ def matrix_from_pb(msg: pb.Matrix) -> np.ndarray:
     return np.frombuffer(data, _F32).reshape(rows, dim)
 
 
-def search_result_to_pb(res: SearchResult) -> pb.SearchResponse:
+def search_answer(res: SearchResult) -> bytes:
+    """The serialised ``SearchResponse`` of ``res``, its arrays copied once, straight into the answer's bytes.
+
+    Building the message first would hold a large answer three times (the arrays, a temporary of each, the
+    message) and then serialise it into a fourth copy; written here as the wire format's length-delimited fields
+    (tag, varint length, raw little-endian bytes) beside the small fields serialised by protobuf, the peak is
+    the arrays and the answer: twice its size. ``tests/test_service.py`` checks it parses as the message.
+    """
     m, k = res.ids.shape
-    return pb.SearchResponse(
-        rows=m,
-        k=k,
-        ids=res.ids.astype(_I64, copy=False).tobytes(),
-        scores=res.scores.astype(_F32, copy=False).tobytes(),
-    )
+    head = pb.SearchResponse(rows=m, k=k).SerializeToString()
+    ids = np.ascontiguousarray(res.ids, _I64)
+    scores = np.ascontiguousarray(res.scores, _F32)
+    return b"".join([head, *_length_delimited(_SEARCH_IDS, ids), *_length_delimited(_SEARCH_SCORES, scores)])
+
+
+_SEARCH_IDS = pb.SearchResponse.DESCRIPTOR.fields_by_name["ids"].number
+_SEARCH_SCORES = pb.SearchResponse.DESCRIPTOR.fields_by_name["scores"].number
+
+
+def _length_delimited(field_number: int, arr: np.ndarray) -> tuple[bytes, memoryview]:
+    """A bytes field on the wire: its key (field number, wire type 2), the length as a varint, then the data."""
+    data = memoryview(arr.reshape(-1).view(np.uint8))
+    return _varint(field_number << 3 | 2) + _varint(data.nbytes), data
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def search_result_from_pb(msg: pb.SearchResponse) -> SearchResult:

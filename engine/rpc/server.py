@@ -11,6 +11,7 @@ streams held open can never take the threads unary calls need.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -109,6 +110,28 @@ def create_server(
     return server, port
 
 
+#: allocations at least this large are mapped on their own and given back to the OS when freed (glibc)
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_large_frees_to_the_os() -> bool:
+    """Fix glibc's mmap threshold, so that a large answer's buffers leave RSS once freed.
+
+    By default glibc raises the threshold to the size of the largest mapped block freed so far (up to 32 MiB);
+    after one large answer every later buffer of that size comes from the heap and is kept, so the server's RSS
+    holds the peak of its largest request for good. A fixed threshold keeps RSS near what is live. Returns
+    whether it applied (glibc only).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
+_M_MMAP_THRESHOLD = -3
+
+
 def mark_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
     """Set the health of the server and of the Grove service: SERVING, or NOT_SERVING (loading, stopping)."""
     state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -133,6 +156,7 @@ def serve(
     calls in flight get ``grace`` seconds to finish, then ``db.close()`` flushes RocksDB. Call from the main
     thread. ``options`` are those of ``create_server``. Prints ``grove: serving on HOST:PORT`` once listening.
     """
+    return_large_frees_to_the_os()
     health_servicer = health.HealthServicer()
     server, port = create_server(db, address, health_servicer=health_servicer, **options)
     if before_start is not None:

@@ -104,7 +104,7 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
             prf=convert.prf_from_pb(request),
             principal=principal(),
         )
-        return convert.search_result_to_pb(res)
+        return convert.search_answer(res)  # serialised here: a large answer is held at most twice
 
     def Count(self, request, context):
         col = self._db.get_collection(request.collection)
