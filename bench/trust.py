@@ -149,10 +149,12 @@ def fairness(tmp: Path, calls: int) -> None:
                 hold.wait(120)
 
             held = [stub.UpsertStream.future(idle_stream(), metadata=(("x-api-key", key),)) for _ in range(4)]
+            time.sleep(1.0)
+            held_c, held_s = measure()
             refused = [0]
             stop = threading.Event()
 
-            def pester():  # keeps asking for more streams than its cap
+            def pester():  # keeps asking for more streams than its cap, as fast as it can
                 while not stop.is_set():
                     f = stub.UpsertStream.future(idle_stream(), metadata=(("x-api-key", key),))
                     try:
@@ -165,16 +167,19 @@ def fairness(tmp: Path, calls: int) -> None:
             pesterer = threading.Thread(target=pester, daemon=True)
             pesterer.start()
             time.sleep(1.0)
-            held_c, held_s = measure()
+            pest_c, pest_s = measure()
             stop.set()
             hold.set()
             pesterer.join(10)
             for f in held:
                 f.cancel()
             channel.close()
-        print(f"admin Count, idle: {_percentiles(idle_c)}; with a tenant at its stream cap: {_percentiles(held_c)}")
-        print(f"admin Search, idle: {_percentiles(idle_s)}; with a tenant at its stream cap: {_percentiles(held_s)}")
-        print(f"  (the tenant held 4 streams; {refused[0]} more asked for were refused at once)")
+        for name, idle, held_, pest in (("Count", idle_c, held_c, pest_c), ("Search", idle_s, held_s, pest_s)):
+            print(
+                f"admin {name}: idle {_percentiles(idle)}; a tenant holding its 4 streams {_percentiles(held_)}; "
+                f"and asking for more without pause {_percentiles(pest)}"
+            )
+        print(f"  ({refused[0]} streams asked for beyond the cap were refused at once)")
     finally:
         kill9(proc)
 
@@ -188,15 +193,16 @@ def recovery(tmp: Path, vectors: int, dim: int) -> None:
     proc = start_server(path, port, ADMIN)
     url = f"127.0.0.1:{port}"
     with Client(url=url, api_key=ADMIN, timeout=3600) as admin:
-        col = admin.create_collection("docs", dim=dim, metric="l2")
-        col.configure(auto_index_rows=10 * vectors)  # one build, started below, not one per threshold
+        col = admin.create_collection("docs", dim=dim, metric="l2")  # indexes itself past 100k, and as it grows
         rng = np.random.default_rng(2)
         t0 = time.perf_counter()
         for first in range(0, vectors, 50_000):
             n = min(50_000, vectors - first)
             col.upsert(np.arange(first, first + n), rng.standard_normal((n, dim)).astype(np.float32), tenant="all")
         print(f"recovery: ingested {vectors} x {dim} in {time.perf_counter() - t0:.0f} s")
-        col.build_index(background=True)
+        while col.stats()["build_running"]:
+            time.sleep(0.5)
+        col.build_index(background=True)  # a rebuild over all of them, killed midway
         time.sleep(3.0)
         running = col.stats()["build_running"]
     kill9(proc)
