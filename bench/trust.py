@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +66,21 @@ class PeakRss:
         return max(0.0, self.peak - self.base)
 
 
+@contextmanager
+def served(path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A ``grove serve`` on ``path``: its process and URL; killed at the end."""
+    port = free_port()
+    proc = start_server(path, port, ADMIN)
+    try:
+        yield proc, f"127.0.0.1:{port}"
+    finally:
+        kill9(proc)
+
+
 def oversized(tmp: Path) -> None:
     from grove_client import Client
 
-    port = free_port()
-    proc = start_server(tmp / "big", port, ADMIN)
-    url = f"127.0.0.1:{port}"
-    try:
+    with served(tmp / "big") as (proc, url):
         with Client(url=url, api_key=ADMIN, timeout=600) as admin:
             col = admin.create_collection("docs", dim=8, metric="ip")
             rng = np.random.default_rng(0)
@@ -99,8 +110,6 @@ def oversized(tmp: Path) -> None:
                     f"m=400 k={k} ({400 * k:,} results, answer {answer_mb:.0f} MB): answered in {dt:.2f} s, server "
                     f"RSS peak +{rss.growth:.0f} MB over the idle server = {rss.growth / answer_mb:.2f}x the answer"
                 )
-    finally:
-        kill9(proc)
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -115,10 +124,7 @@ def fairness(tmp: Path, calls: int) -> None:
     from engine.rpc.pb import grove_pb2 as pb
     from engine.rpc.pb import grove_pb2_grpc as pbg
 
-    port = free_port()
-    proc = start_server(tmp / "fair", port, ADMIN)
-    url = f"127.0.0.1:{port}"
-    try:
+    with served(tmp / "fair") as (_proc, url):
         with Client(url=url, api_key=ADMIN, timeout=60) as admin:
             col = admin.create_collection("docs", dim=32, metric="ip")
             rng = np.random.default_rng(1)
@@ -180,8 +186,6 @@ def fairness(tmp: Path, calls: int) -> None:
                 f"and asking for more without pause {_percentiles(pest)}"
             )
         print(f"  ({refused[0]} streams asked for beyond the cap were refused at once)")
-    finally:
-        kill9(proc)
 
 
 def recovery(tmp: Path, vectors: int, dim: int) -> None:

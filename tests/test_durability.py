@@ -9,46 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 from grove_client import Client
 
+from bench.chaos import free_port, kill9, start_server
+
 ADMIN_KEY = "durability-admin-key-0123456789"
 BATCH = 40
 DIM = 16
 CYCLES = int(os.environ.get("GROVE_KILL_CYCLES", "20"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(path, port) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--path", str(path), "--port", str(port), "--admin-key", ADMIN_KEY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("server exited: " + proc.stderr.read().decode(errors="replace")[-2000:]) from None
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not listen within 60 s")
 
 
 def _batch(b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,11 +48,11 @@ def _check(col, b: int, *, acked_upsert: bool, acked_grant: bool) -> tuple[bool,
 @pytest.mark.slow
 def test_acknowledged_writes_survive_kill_minus_nine(tmp_path):
     rng = np.random.default_rng(2024)
-    path, port = tmp_path / "store", _free_port()
+    path, port = tmp_path / "store", free_port()
     acked: dict[int, list[bool]] = {}  # batch -> [upsert acked, grant acked]
     next_batch = 0
     for cycle in range(CYCLES):
-        proc = _start(path, port)
+        proc = start_server(path, port, ADMIN_KEY)
         client = Client(url=f"127.0.0.1:{port}", api_key=ADMIN_KEY)
         try:
             col = client.create_collection("d", dim=DIM, metric="l2") if cycle == 0 else client.get_collection("d")
@@ -103,11 +75,8 @@ def test_acknowledged_writes_survive_kill_minus_nine(tmp_path):
             killer.join()
         finally:
             client.close()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            proc.stderr.close()
-    proc = _start(path, port)
+            kill9(proc)
+    proc = start_server(path, port, ADMIN_KEY)
     try:
         with Client(url=f"127.0.0.1:{port}", api_key=ADMIN_KEY) as client:
             col = client.get_collection("d")

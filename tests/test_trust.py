@@ -23,25 +23,16 @@ from tests.conftest import start_grove_server
 
 
 # ------------------------------------------------------------------------------------------- tenant registry
-def _stall_once(table, release: threading.Event, entered: threading.Event) -> None:
-    """Make the next ``table.visible_slots`` call (the first write's checks) wait for ``release``."""
-    original = table.visible_slots
-
-    def visible_slots(*args):
-        table.visible_slots = original
-        entered.set()
-        release.wait(30)
-        return original(*args)
-
-    table.visible_slots = visible_slots
-
-
-def _fail_writes_of(db: Database, thread: threading.Thread) -> None:
-    """Make the data batches ``thread`` writes fail (a full disk, say); its tenant number reservations pass."""
+def _fail_writes_of(db: Database, thread: threading.Thread, *, entered=None, release=None) -> None:
+    """Make the data batches ``thread`` writes fail (a full disk, say); its tenant number reservations pass.
+    With ``entered``/``release``, the failing write first signals and waits (the first write is in flight)."""
     original = db._store.write
 
     def write(batch):
         if threading.current_thread() is thread and len(batch) > 1:
+            if entered is not None:
+                entered.set()
+                release.wait(30)
             raise Internal("injected: the disk is full")
         return original(batch)
 
@@ -54,7 +45,6 @@ def test_a_tenants_first_write_racing_its_failing_first_write_elsewhere_is_kept(
     ca = db.create_collection("ca", dim=1, metric="l2")
     cb = db.create_collection("cb", dim=4, metric="l2")
     release, entered = threading.Event(), threading.Event()
-    _stall_once(ca.table, release, entered)
     failed: list[Exception] = []
 
     def first_write_that_fails() -> None:
@@ -64,7 +54,7 @@ def test_a_tenants_first_write_racing_its_failing_first_write_elsewhere_is_kept(
             failed.append(exc)
 
     a = threading.Thread(target=first_write_that_fails)
-    _fail_writes_of(db, a)
+    _fail_writes_of(db, a, entered=entered, release=release)
     a.start()
     assert entered.wait(10)
     b_done = threading.Event()
