@@ -42,6 +42,7 @@ import numpy as np
 ADMIN_KEY = "chaos-admin-key-0123456789"
 COLLECTIONS = (("ca", 8, "l2"), ("cb", 8, "ip"), ("cc", 8, "cosine"))
 ID_POOL = 400
+LARGE_IDS = 1 << 20  # where the ids of a race's large first write start
 
 
 def free_port() -> int:
@@ -195,10 +196,22 @@ class ChaosClient(threading.Thread):
         try:
             with Client(url=self.url, api_key=ADMIN_KEY, timeout=60) as client:
                 cols = {name: client.get_collection(name) for name, _, _ in COLLECTIONS}
+                self.clear_large_writes(cols)
                 while not self.stop_event.is_set():
                     self.step(cols)
         except Exception:  # noqa: BLE001 - the server was killed under us: the cycle is over
             return
+
+    def clear_large_writes(self, cols) -> None:
+        """Delete what a race's large first write left when the kill came before its clean-up (the store and the
+        model stay small over hundreds of cycles)."""
+        m = self.model
+        for (col_name, owner), ids in list(m.own.items()):
+            large = np.array(sorted(i for i in ids if i >= LARGE_IDS), np.int64)
+            if large.size:
+                keys = [(col_name, owner, i) for i in large.tolist()]
+                send = lambda c=cols[col_name], o=owner, x=large: c.delete(x, tenant=o)  # noqa: E731
+                self.write("clear", keys, send, lambda k=keys: [m.delete(key) for key in k])
 
     def write(self, what: str, keys: list[Key], send, apply) -> None:
         """Send a write; apply it to the model once acknowledged. Cut by the kill, it stays uncertain."""
@@ -221,9 +234,9 @@ class ChaosClient(threading.Thread):
         from engine.errors import DeadlineExceeded, Unavailable
 
         rng, m = self.rng, self.model
-        if not m.tenants or rng.random() < 0.04:
+        if not m.tenants or rng.random() < 0.02:
             m.tenants.append(f"{m.name}-{len(m.tenants)}-{int(rng.integers(1 << 30))}")
-            if rng.random() < 0.5:
+            if rng.random() < 0.3:
                 self.stats.calls["race"] += 1
                 self.race(m.tenants[-1])
                 return
@@ -322,7 +335,7 @@ class ChaosClient(threading.Thread):
 
         m, rng = self.model, self.rng
         (big_col, big_dim, _), (small_col, small_dim, _) = COLLECTIONS[0], COLLECTIONS[1]
-        big_ids = np.arange(ID_POOL * 10, ID_POOL * 10 + self.big_rows)
+        big_ids = np.arange(LARGE_IDS, LARGE_IDS + self.big_rows)
         big = rng.standard_normal((self.big_rows, big_dim)).astype(np.float32)
         small_ids = np.array([int(rng.integers(ID_POOL))], np.int64)
         small = rng.standard_normal((1, small_dim)).astype(np.float32)
@@ -452,8 +465,18 @@ def _settle(m: ClientModel, stored: dict[Key, bytes], granted: dict[Key, set[str
 
 # ------------------------------------------------------------------------------------------------ driver
 def run(
-    path: Path, *, cycles: int, clients: int, seconds: tuple[float, float], big_rows: int, seed: int, log=print
+    path: Path,
+    *,
+    cycles: int,
+    clients: int,
+    seconds: tuple[float, float],
+    big_rows: int,
+    seed: int,
+    window_kills: float = 0.5,
+    log=print,
 ) -> Stats:
+    """``cycles`` kill -9 cycles of ``clients`` threads, each ``seconds`` long (a share ``window_kills`` of them
+    cut short by a kill inside a race's window, when one comes); returns what was run and found."""
     from grove_client import Client
 
     rng = random.Random(seed)
@@ -475,7 +498,7 @@ def run(
         for t in threads:
             t.start()
         stats.race_window.clear()
-        if rng.random() < 0.5:  # a random moment
+        if rng.random() >= window_kills:  # a random moment
             time.sleep(rng.uniform(*seconds))
         else:  # inside a race's window, when one comes
             stats.race_window.wait(rng.uniform(*seconds))
@@ -502,7 +525,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--min-seconds", type=float, default=0.5, help="shortest run between two kills")
     ap.add_argument("--max-seconds", type=float, default=3.0, help="longest run between two kills")
-    ap.add_argument("--big-rows", type=int, default=50_000, help="rows of the large first write of a race")
+    ap.add_argument("--big-rows", type=int, default=20_000, help="rows of the large first write of a race")
+    ap.add_argument("--window-kills", type=float, default=0.5, help="share of kills aimed at a race's window")
     ap.add_argument("--fuzz", type=int, default=0, help="then send this many fuzzed requests (bench/fuzz.py)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -515,6 +539,7 @@ def main() -> int:
             seconds=(a.min_seconds, a.max_seconds),
             big_rows=a.big_rows,
             seed=a.seed,
+            window_kills=a.window_kills,
         )
     print(
         f"chaos: {stats.cycles} kill -9 cycles, {sum(stats.calls.values())} client operations "
