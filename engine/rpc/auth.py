@@ -72,7 +72,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return who, _check(who, arg)
 
         def admitted(who: Principal, context):
-            return gate.admit(who, name, context.cancel) if streaming else nullcontext()
+            if not streaming:
+                return nullcontext()
+            return gate.admit(who, name, context.cancel, reapable=handler.request_streaming)
 
         def call(arg, context):
             who, arg = enter(arg, context)

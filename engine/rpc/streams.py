@@ -7,9 +7,10 @@ therefore get their own slots beside the unary workers (``create_server`` sizes 
 * the principal (one tenant, or the admin) holds fewer than ``per_principal`` open streams, and
 * fewer than ``total`` streams are open in all;
 
-otherwise the call ends at once with RESOURCE_EXHAUSTED. A stream that neither receives nor sends a message for
-``idle_seconds`` (a client that opened it and went quiet, or stopped reading) is cancelled by a reaper thread,
-which frees its slot and its thread.
+otherwise the call ends at once with RESOURCE_EXHAUSTED. A client-streaming call (``UpsertStream``, the ADORE
+session) that neither receives nor sends a message for ``idle_seconds`` (a client that opened it and went quiet)
+is cancelled by a reaper thread, which frees its slot and its thread. A server-streaming call (mining) is busy
+computing between its messages, so it is not reaped: its work is bounded by its request.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ _log = logging.getLogger("grove.streams")
 class OpenStream:
     """One admitted stream: its owner, its call context (to cancel it) and when it last moved."""
 
-    __slots__ = ("who", "method", "cancel", "last")
+    __slots__ = ("who", "method", "cancel", "reapable", "last")
 
-    def __init__(self, who: Principal, method: str, cancel: Callable[[], None]) -> None:
+    def __init__(self, who: Principal, method: str, cancel: Callable[[], None], reapable: bool) -> None:
         self.who = who
         self.method = method
         self.cancel = cancel
+        self.reapable = reapable
         self.last = time.monotonic()
 
     def touch(self) -> None:
@@ -76,9 +78,12 @@ class StreamGate:
             return len(self._open) if who is None else self._by_principal.get(who, 0)
 
     @contextmanager
-    def admit(self, who: Principal, method: str, cancel: Callable[[], None]) -> Iterator[OpenStream]:
-        """Hold a stream slot for the block, or raise ``ResourceExhausted`` at once when none is free."""
-        stream = OpenStream(who, method, cancel)
+    def admit(
+        self, who: Principal, method: str, cancel: Callable[[], None], *, reapable: bool = True
+    ) -> Iterator[OpenStream]:
+        """Hold a stream slot for the block, or raise ``ResourceExhausted`` at once when none is free; a
+        ``reapable`` stream is cancelled once idle."""
+        stream = OpenStream(who, method, cancel, reapable)
         with self._lock:
             held = self._by_principal.get(who, 0)
             if held >= self.per_principal:
@@ -119,7 +124,7 @@ class StreamGate:
                 if not self._open:
                     self._reaper = None
                     return
-                idle = [s for s in self._open if now - s.last > self.idle_seconds]
+                idle = [s for s in self._open if s.reapable and now - s.last > self.idle_seconds]
             for stream in idle:
                 _log.warning(
                     "cancelling an idle %s stream of %s: no message for %.0f s",
