@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -94,6 +95,24 @@ def ensure_admin_key(db, given: str | None, *, rotate: bool = False) -> str | No
     return key
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (by a plain socket, as the server will), or None when it can.
+
+    ``SO_REUSEADDR`` is set as the server sets it, so a port left in TIME_WAIT by a stopped server is free;
+    a port with any listener on it, gRPC or not, is not. Port 0 (pick one) is always free.
+    """
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def _serve(a: argparse.Namespace) -> int:
     from engine.db import Database
     from engine.errors import GroveError
@@ -104,6 +123,10 @@ def _serve(a: argparse.Namespace) -> int:
     if os.path.exists(a.path) and not os.path.isdir(a.path):
         print(f"grove: --path {a.path} is a file; give a directory for the store (created if missing)", file=sys.stderr)
         return 2
+    taken = port_taken(a.host, a.port)
+    if taken:  # before the store is opened (or made): a failed start leaves nothing behind
+        print(f"grove: cannot listen on {a.host}:{a.port}: {taken}; is the port in use?", file=sys.stderr)
+        return 1
     given = a.admin_key or os.environ.get(ADMIN_KEY_ENV)
     try:
         db = Database(a.path, load=False)  # the store only: fast whatever its size; collections load once listening

@@ -123,12 +123,22 @@ def test_a_second_server_on_a_taken_port_exits_before_making_a_key(tmp_path):
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         assert second.returncode != 0 and "in use" in second.stderr, second
         assert "generated admin key" not in second.stdout
+        assert not (tmp_path / "two").exists()  # the failed start made no store, and no key
     finally:
         assert first.stop() == 0
-    from engine.db import Database
 
-    with Database(tmp_path / "two", load=False) as db:
-        assert not db.has_admin_key()  # nothing was stored by the failed start
+
+def test_a_port_held_by_any_process_is_a_clear_error_before_anything_is_made(tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        cmd = [sys.executable, "-m", "engine", "serve", "--path", str(tmp_path / "s"), "--port", port]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "in use" in out.stderr and "Traceback" not in out.stderr, out
+    assert "generated admin key" not in out.stdout and not (tmp_path / "s").exists()
 
 
 def test_serve_refuses_a_short_admin_key(tmp_path):
