@@ -211,3 +211,24 @@ def test_closed_clients_raise_the_same_error(both):
         c.create_collection("x", dim=2)
         c.close()
     compare(lambda c: c.list_collections(), embedded, remote)
+
+
+def test_grant_names_an_owner_the_same_way_in_both_modes(embedded_client, remote_client):
+    import numpy as np
+
+    from engine.errors import FailedPrecondition, InvalidArgument, NotFound
+
+    outcomes = []
+    for client in (embedded_client, remote_client):
+        col = client.create_collection("owners", dim=2, metric="ip")
+        col.upsert([1, 2], np.ones((2, 2), np.float32), tenant="a")
+        col.upsert([1], np.ones((1, 2), np.float32), tenant="b")
+        seen = [col.grant([1], tenant="c", owner="b"), col.grant([2], tenant="c")]
+        for bad, error in (({"owner": ""}, InvalidArgument), ({"owner": "nobody"}, NotFound), ({}, FailedPrecondition)):
+            try:
+                col.grant([1], tenant="d", **bad)
+            except error as exc:
+                seen.append(type(exc).__name__)
+        seen.append(col.count(tenant="c"))
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1] == [1, 1, "InvalidArgument", "NotFound", "FailedPrecondition", 2]

@@ -49,8 +49,9 @@ class Collection:
     def grant(self, ids, *, tenant: str, owner: str | None = None) -> int:
         """Make existing vectors visible to ``tenant``; returns how many were newly granted.
 
-        Ids are per owner: ``owner`` names whose vectors ``ids`` are. Without it (admin only) an id must name
-        one vector in the collection, else ``FailedPrecondition`` asks for the owner.
+        Ids are per owner: ``owner`` names whose vectors ``ids`` are. Without it the admin names vectors by id
+        alone (an id that several owners use is refused with ``FailedPrecondition``), and a tenant key names the
+        vectors it sees.
         """
         return self._backend.grant(self.name, ids, tenant, owner)
 

@@ -150,8 +150,7 @@ class RemoteBackend(Backend):
             yield msg
 
     def grant(self, collection: str, ids, tenant: str, owner: str | None) -> int:
-        if owner is not None and type(owner) is not str:
-            raise _refuse(TypeError(owner), (owner, "owner"))
+        owner = None if owner is None else validate.name(owner, "owner")  # the wire's "" means none
         request = self._scoped(pb.GrantRequest, collection, tenant, ids=convert.ids_to_wire(ids), owner=owner or "")
         return self._call(self._stub.Grant, request).count
 

@@ -1,7 +1,8 @@
 """Server interceptor: ``x-api-key`` -> principal (admin or one tenant), enforced on every message of every call.
 
-Calls that arrive while the database is still loading wait for it (the health check says NOT_SERVING
-meanwhile), and admits streaming calls through the ``StreamGate`` (caps per principal and in all, idle timeout).
+It also holds calls that arrive while the database is still loading until it is loaded (the health check says
+NOT_SERVING meanwhile), and admits streaming calls through the ``StreamGate`` (caps per principal and in all,
+idle timeout).
 """
 
 from __future__ import annotations

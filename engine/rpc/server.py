@@ -70,7 +70,7 @@ def create_server(
     max_workers : threads serving unary calls (default ``min(32, 4 x cores)``).
     max_streams : streaming calls open at once, in all; each has a thread of its own beside ``max_workers``.
     max_streams_per_key : streaming calls one principal (a tenant, or the admin) may hold open at once.
-    stream_idle_seconds : a stream with no message in or out for this long is cancelled.
+    stream_idle_seconds : a client-streaming call with no message in or out for this long is cancelled.
     tls : ``(cert_file, key_file)`` PEM paths to serve TLS; None serves plaintext.
     health_servicer : the health service to register (``serve`` passes its own to flip it). It says SERVING
         once ``db`` is loaded, NOT_SERVING before (``mark_serving`` flips it).
@@ -112,6 +112,7 @@ def create_server(
 
 #: allocations at least this large are mapped on their own and given back to the OS when freed (glibc)
 MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 def return_large_frees_to_the_os() -> bool:
@@ -127,9 +128,6 @@ def return_large_frees_to_the_os() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):
         return False
-
-
-_M_MMAP_THRESHOLD = -3
 
 
 def mark_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
