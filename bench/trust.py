@@ -77,14 +77,20 @@ def served(path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
         kill9(proc)
 
 
+def _twenty_thousand(admin, *, dim: int, tenant: str, seed: int):
+    """Collection ``docs`` with 20,000 random vectors of ``tenant``; returns it and the generator."""
+    col = admin.create_collection("docs", dim=dim, metric="ip")
+    rng = np.random.default_rng(seed)
+    col.upsert(np.arange(20_000), rng.standard_normal((20_000, dim)).astype(np.float32), tenant=tenant)
+    return col, rng
+
+
 def oversized(tmp: Path) -> None:
     from grove_client import Client
 
     with served(tmp / "big") as (proc, url):
         with Client(url=url, api_key=ADMIN, timeout=600) as admin:
-            col = admin.create_collection("docs", dim=8, metric="ip")
-            rng = np.random.default_rng(0)
-            col.upsert(np.arange(20_000), rng.standard_normal((20_000, 8)).astype(np.float32), tenant="acme")
+            _col, rng = _twenty_thousand(admin, dim=8, tenant="acme", seed=0)
             key = admin.create_tenant_key("acme")
         with Client(url=url, api_key=key, timeout=600) as tenant:
             tcol = tenant.get_collection("docs")
@@ -126,9 +132,7 @@ def fairness(tmp: Path, calls: int) -> None:
 
     with served(tmp / "fair") as (_proc, url):
         with Client(url=url, api_key=ADMIN, timeout=60) as admin:
-            col = admin.create_collection("docs", dim=32, metric="ip")
-            rng = np.random.default_rng(1)
-            col.upsert(np.arange(20_000), rng.standard_normal((20_000, 32)).astype(np.float32), tenant="beta")
+            col, rng = _twenty_thousand(admin, dim=32, tenant="beta", seed=1)
             key = admin.create_tenant_key("acme")
             q = rng.standard_normal((1, 32)).astype(np.float32)
 
