@@ -18,8 +18,18 @@ ADMIN_KEY_ENV = "GROVE_ADMIN_KEY"
 _log = logging.getLogger("grove.cli")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grove")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="grove", description="Grove: a multi-tenant vector search engine.")
+    ap.add_argument("--version", action="version", version=f"grove {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a store over gRPC until SIGTERM/SIGINT")
     s.add_argument("--path", default="./grove-data", help="store directory (created if missing; default ./grove-data)")

@@ -151,3 +151,10 @@ def test_demo_runs():
     out = subprocess.run([sys.executable, "-m", "engine", "demo"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "PermissionDenied" in out.stdout and "embedded, as beta" in out.stdout
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "engine", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"grove {version('grove')}"

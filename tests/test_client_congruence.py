@@ -232,3 +232,43 @@ def test_grant_names_an_owner_the_same_way_in_both_modes(embedded_client, remote
         seen.append(col.count(tenant="c"))
         outcomes.append(seen)
     assert outcomes[0] == outcomes[1] == [1, 1, "InvalidArgument", "NotFound", "FailedPrecondition", 2]
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "tls"),
+    [
+        ("localhost:50051", "localhost:50051", False),
+        ("grove://10.0.0.7:50051", "10.0.0.7:50051", False),
+        ("grpc://h:1/", "h:1", False),
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", False),
+        ("https://grove.example.com:443", "grove.example.com:443", True),
+        ("grpcs://[::1]:50051", "[::1]:50051", True),
+        ("GROVES://h:9", "h:9", True),
+        ("unix:/tmp/grove.sock", "unix:/tmp/grove.sock", False),
+    ],
+)
+def test_a_client_url_names_host_port_and_its_scheme_says_whether_tls(url, address, tls):
+    from grove_client.remote import server_address
+
+    assert server_address(url) == (address, tls)
+
+
+@pytest.mark.parametrize("url", ["localhost", "ftp://h:1", "http://h:1/v1/search", "h:port", ""])
+def test_a_client_url_that_names_no_server_is_refused_with_the_rule(url):
+    from grove_client import Client
+    from grove_client.remote import server_address
+
+    from engine.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="host:port|scheme"):
+        server_address(url)
+    if url:
+        with pytest.raises(InvalidArgument):
+            Client(url=url, api_key="k")
+
+
+def test_an_http_url_reaches_a_plaintext_server(grove_server):
+    from grove_client import Client
+
+    with Client(url=f"http://{grove_server.url}/", api_key=grove_server.admin_key) as client:
+        assert client.list_collections() == []

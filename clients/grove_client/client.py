@@ -334,7 +334,8 @@ class Client:
     ----------
     path : a store directory for the embedded engine (created if missing); ``":memory:"`` for a temporary
         one removed at ``close``. The embedded client acts as the admin.
-    url : ``host:port`` of a ``grove serve`` (``grpcs://host:port`` for TLS).
+    url : ``host:port`` of a ``grove serve``; ``grpcs://``, ``groves://`` or ``https://`` before it means TLS,
+        ``grpc://``, ``grove://`` or ``http://`` plaintext (``grove_client.remote.server_address``).
     api_key : the admin or a tenant API key (remote only; default ``$GROVE_API_KEY``).
     timeout : seconds per remote call (None: no deadline); ignored embedded.
     tls : remote only: True for TLS with the system's roots, or a PEM CA file path.

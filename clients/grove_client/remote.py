@@ -42,12 +42,40 @@ def _refuse(exc: Exception, *names: tuple[object, str]) -> InvalidArgument:
     return InvalidArgument(f"the request cannot be encoded: {exc}; names must be valid Unicode text")
 
 
+#: URL schemes a client accepts, and whether each means TLS
+SCHEMES = {"grove": False, "grpc": False, "http": False, "groves": True, "grpcs": True, "https": True}
+#: gRPC's own target forms (``unix:/path``, ``dns:///host:port``, ...): passed to gRPC as they are, plaintext
+_GRPC_TARGETS = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
+def server_address(url: str) -> tuple[str, bool]:
+    """``(host:port, tls)`` of ``url``: ``host:port`` alone is plaintext; a scheme of ``SCHEMES`` says whether
+    it is TLS (``https://`` and ``grpcs://`` are; ``http://`` is not). A trailing ``/`` is dropped; a path, an
+    unknown scheme or a missing port is ``InvalidArgument``. gRPC's own targets (``unix:/path``) pass as they are.
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidArgument(f"url must be 'host:port', optionally with a scheme, got {url!r}")
+    if url.startswith(_GRPC_TARGETS):
+        return url, False
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    elif scheme.lower() not in SCHEMES:
+        raise InvalidArgument(f"unknown URL scheme {scheme!r} in {url!r}; use one of {', '.join(SCHEMES)}")
+    address = rest.rstrip("/")
+    host, colon, port = address.rpartition(":")
+    if "/" in address or not colon or not host or not port.isdigit():
+        raise InvalidArgument(f"url {url!r} must name host:port (and nothing after it), e.g. 'localhost:50051'")
+    return address, SCHEMES.get(scheme.lower(), False)
+
+
 class RemoteBackend(Backend):
     """Talks to a Grove server at ``url`` (``host:port``; ``grpcs://`` or ``tls=`` for TLS).
 
     Parameters
     ----------
-    url : ``host:port``, optionally prefixed by ``grpc://`` or ``grpcs://``.
+    url : ``host:port``, optionally with a scheme (``server_address``): TLS for ``grpcs://``, ``groves://`` and
+        ``https://``, plaintext for ``grpc://``, ``grove://`` and ``http://``.
     api_key : sent as ``x-api-key``; default ``$GROVE_API_KEY``.
     timeout : seconds per call (None: no deadline); a call past it raises ``Unavailable``.
     tls : False for plaintext; True for TLS with the system's roots; a PEM file path for a private CA.
@@ -56,10 +84,8 @@ class RemoteBackend(Backend):
     def __init__(
         self, url: str, api_key: str | None = None, *, timeout: float | None = None, tls: bool | str | Path = False
     ) -> None:
-        if url.startswith("grpcs://"):
-            url, tls = url[len("grpcs://") :], tls or True
-        elif url.startswith("grpc://"):
-            url = url[len("grpc://") :]
+        url, secure = server_address(url)
+        tls = tls or secure
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         if tls:
             roots = None if tls is True else Path(tls).read_bytes()
