@@ -914,10 +914,8 @@ class Database:
 
     def set_admin_key(self, key: str) -> None:
         """Store ``key``'s digest as the admin key, replacing any other (rotation: callers decide and log it)."""
-        if len(key) < 16:
-            raise InvalidArgument("the admin key must have at least 16 characters")
         batch = Batch()
-        batch.put(keys.ADMIN, apikeys.digest(key))
+        batch.put(keys.ADMIN, apikeys.digest(apikeys.check_admin_key(key)))
         self._store.write(batch)
 
     def has_admin_key(self) -> bool:

@@ -179,9 +179,12 @@ class VectorTable:
         self._count += int(slots.shape[0])
 
     def free(self, slots: np.ndarray) -> None:
+        granted: dict[int, list[int]] = {}
         for slot in slots.tolist():
             for t in self.grants.tenants_of(slot):
-                self._count_granted(np.array([slot], np.int64), t, -1)
+                granted.setdefault(t, []).append(slot)
+        for t, rows in granted.items():
+            self._count_granted(np.array(rows, np.int64), t, -1)
         self.grants.remove_rows(slots)
         for o, at in _by_owner(self.owner[slots]):
             ids_of = self._slot_of[o]

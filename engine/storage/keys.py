@@ -108,11 +108,6 @@ def read_grant(key: bytes) -> tuple[int, int, int]:
     return read_u32(key, 5), read_vid(key, 9), read_u32(key, 17)
 
 
-def vector_row(value: bytes, dim: int) -> np.ndarray:
-    """The float32 row of a vector value (a read-only view)."""
-    return np.frombuffer(value, "<f4", count=dim)
-
-
 def index_state(col: int, name: str) -> bytes:
     return INDEX + u32(col) + name.encode()
 
