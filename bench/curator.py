@@ -235,14 +235,20 @@ def measure(sc: Scenario, methods: dict[str, list], rounds: int) -> dict[str, li
     }
 
 
-def grove_points(sc: Scenario, grove) -> list:
+def grove_points(sc: Scenario, grove, backend: str | None = None) -> list:
+    """Grove's sweep points; with ``backend``, each timing pass first selects that kernel backend (the same index
+    timed on several backends, interleaved)."""
+    from engine import kernels
+
+    prepare = _noop if backend is None else (lambda: kernels.select(backend))
+    prepare()
     leaks = 0
     for i in range(min(sc.queries.shape[0], 200)):
         got = grove.search(sc.queries[i : i + 1], int(sc.q_tenant[i]), None)
         leaks += int(np.setdiff1d(got[got >= 0], sc.visible[int(sc.q_tenant[i])]).size)
     if leaks:
         raise SystemExit(f"{sc.name}: Grove returned {leaks} rows the tenant cannot see")
-    return [("default" if ef is None else f"ef={ef}", _noop, lambda q, t, ef=ef: grove.search(q, t, ef))
+    return [("default" if ef is None else f"ef={ef}", prepare, lambda q, t, ef=ef: grove.search(q, t, ef))
             for ef in (None, *EF_SWEEP)]  # fmt: skip
 
 
@@ -542,6 +548,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sdk", action="store_true", help="Grove through grove_client instead of CuratorIndex")
     ap.add_argument("--param", action="append", default=[], help="CuratorIndex option, e.g. --param ef=256")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing passes; the fastest counts")
+    ap.add_argument(
+        "--backends",
+        default="",
+        help="kernel backends to time Grove on, interleaved, e.g. "
+        "native,numba (the first is 'Grove', the others 'Grove (name)'; default: the selected one)",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -568,10 +580,20 @@ def main(argv: list[str] | None = None) -> None:
         res = {"vectors": sc.base.shape[0], "tenants": len(sc.visible), "pairs": sc.n_pairs,
                "queries": int(sc.queries.shape[0]), "methods": {}}  # fmt: skip
         base = {} if args.no_baselines else faiss_baselines(sc, tuple(args.baselines.split(",")))
-        methods = {"Grove": grove_points(sc, grove), **{k: v["points"] for k, v in base.items()}}
+        backends = [b for b in args.backends.split(",") if b] or [None]
+        variants = {f"Grove ({b})": grove_points(sc, grove, b) for b in backends[1:]}
+        methods = {
+            "Grove": grove_points(sc, grove, backends[0]),
+            **variants,
+            **{k: v["points"] for k, v in base.items()},
+        }
         curves = measure(sc, methods, args.rounds)
         res["methods"]["Grove"] = {"curve": curves["Grove"], "bytes": vec_bytes + sum(parts.values()),
                                    "parts": parts, "build_s": grove.build_s}  # fmt: skip
+        if backends[0] is not None:
+            res["backends"] = backends
+        for k in variants:
+            res["methods"][k] = {**res["methods"]["Grove"], "curve": curves[k]}
         for k, v in base.items():
             res["methods"][k] = {"curve": curves[k], "bytes": v["bytes"], "build_s": v["build_s"]}
         if isinstance(grove, DirectGrove):

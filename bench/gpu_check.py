@@ -118,7 +118,7 @@ def main() -> None:
     print(f"CPU: {json.dumps(out['cpu'])}")
     have_cupy = gpu._cupy() is not None
     modes = [m[0] for m in MODES if have_cupy or m[2] != "cupy"]
-    print(f"GPU modes: {', '.join(modes)}; search's default: {gpu.default_precision()} + {gpu.SELECT}")
+    print(f"GPU modes: {', '.join(modes)}; search's default: {gpu.default_precision()} + {gpu.default_select()}")
 
     # 1. the simulator checks, on the device
     sys.path.insert(0, str(ROOT / "tests"))

@@ -11,8 +11,10 @@ at a time through ``col.search`` (recall@10 against the exact top 10, and QPS) a
 (QPS, ns per scanned entry, recall@10 of its rows, and entries scanned per query). With ``--baseline FILE`` (a
 copy of ``engine/kernels/tree.py``) that module's kernel is timed too, interleaved round by round with the
 current one, on the same arguments (alternating which goes first), and its results are compared with the
-current kernel's. (For a tenant this large and a wide ``ef``, the kernel scans leaves in their own priority
-order instead of walking the tree.)
+current kernel's; with ``--native`` the native library's tree search (``engine.kernels.native.tree_search``,
+at the instruction set in use) is timed the same way and compared with the numba kernel. ``col.search``
+runs on the selected backend (``GROVE_KERNELS``). (For a tenant this large and a wide ``ef``, the kernel scans
+leaves in their own priority order instead of walking the tree.)
 Each figure keeps the fastest of ``--rounds`` passes (the machine is shared and noisy).
 """
 
@@ -33,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets import DATA  # noqa: E402
 from grove_client import Client, LeanVec  # noqa: E402
 
+from engine import kernels  # noqa: E402
+from engine.kernels import native  # noqa: E402
 from engine.kernels import tree as current  # noqa: E402
 
 K = 10
@@ -76,6 +80,23 @@ def kernel_args(ecol, k: int, ef: int, mod=current) -> tuple:
                                                         else ())  # fmt: skip
 
 
+class NativeKernel:
+    """``engine.kernels.native.tree_search`` behind the numba kernel's signature (``search(queries, *args, out_s,
+    out_r)``, the arguments of ``kernel_args``), so that both are timed by the same loop."""
+
+    ROWS_F32 = current.ROWS_F32  # kernel_args passes rows_kind and the leaves, as to the current numba kernel
+    _scan_leaf_order = None
+
+    @staticmethod
+    def search(queries, rows, slot_row, codes, code_query, main, tail, nt, bounds, pcent, pbias, topo, leaves, k, ef,
+               cands, rerank, max_sl, exact_max, flat_max, kind, rows_kind, out_s, out_r):  # fmt: skip
+        tree = kernels.TreeArrays(topo, pcent, pbias, leaves)
+        tenant = kernels.TenantEntries(main, tail, nt, bounds)
+        params = kernels.TreeSearchParams(k, ef, cands, rerank, max_sl, exact_max, flat_max, kind)
+        return native.tree_search(queries, rows, rows_kind, slot_row, codes, code_query, tree, tenant, params, out_s,
+                                  out_r)  # fmt: skip
+
+
 def time_kernel(mod, queries: np.ndarray, args: tuple) -> tuple[float, int, np.ndarray]:
     """Seconds for all queries one at a time, entries scanned, and the rows found."""
     out_s = np.empty((1, K), np.float32)
@@ -97,6 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", help="database directory (reused when it holds the collections)")
     ap.add_argument("--baseline", help="a copy of engine/kernels/tree.py to time against the current one")
+    ap.add_argument("--native", action="store_true", help="time the native library's tree search too")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kinds", default="f,lv")
@@ -111,6 +133,11 @@ def main() -> None:
         spec = importlib.util.spec_from_file_location("tree_baseline", a.baseline)
         mods["base"] = sys.modules["tree_baseline"] = importlib.util.module_from_spec(spec)  # numba's cache needs it
         spec.loader.exec_module(mods["base"])
+    if a.native:
+        if not native.AVAILABLE:
+            raise SystemExit(f"--native: {native.ERROR}")
+        mods["native"] = NativeKernel
+        print(f"native tree search at {native.isa()}; col.search on {kernels.tree_backend()}", flush=True)
     tmp = None if a.path else tempfile.TemporaryDirectory(prefix="grove-tree-walk-")
     client = Client(path=a.path or tmp.name)
     efs = [int(e) for e in a.ef.split(",")]
@@ -135,7 +162,8 @@ def main() -> None:
                     best[m] = min(best[m], t)
                     res[m] = (scanned, rows)
             scanned = res["new"][0]
-            same = np.mean(np.all(res["new"][1] == res["base"][1], axis=1)) if "base" in res else float("nan")
+            other = "base" if "base" in res else "native" if "native" in res else None
+            same = np.mean(np.all(res["new"][1] == res[other][1], axis=1)) if other else float("nan")
             ids_of = ecol.index.table.ids
             cols = " | ".join(f"{len(q) / best[m]:8.0f} {1e9 * best[m] / max(res[m][0], 1):9.2f} "
                               f"{recall(ids_of[res[m][1]], gt):7.4f}" for m in mods)  # fmt: skip

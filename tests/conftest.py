@@ -80,3 +80,20 @@ def embedded_client(tmp_path: Path):
 def any_client(request: pytest.FixtureRequest):
     """Each SDK mode in turn (admin rights in both)."""
     return request.getfixturevalue(f"{request.param}_client")
+
+
+@pytest.fixture
+def grove_env(monkeypatch: pytest.MonkeyPatch):
+    """``grove_env("GROVE_X", value)`` sets (or, with None, unsets) a setting's variable for this test and has
+    Grove read its settings again, as a process started with that environment would."""
+    from engine import config
+
+    def set_variable(name: str, value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+        config.reset()
+
+    yield set_variable
+    config.reset()

@@ -74,7 +74,7 @@ def test_writes_after_the_checkpoint_are_recovered_from_the_store_after_a_crash(
     assert {t: col.count(tenant=t, principal=ADMIN) for t in counts} == counts
     res = col.search(late[:3], k=1, tenant="late", principal=ADMIN, ef=4096)
     assert res.ids[:, 0].tolist() == [10_000, 10_001, 10_002]
-    col._builder.join(timeout=120)
+    col.jobs.wait(120)
     assert isinstance(col.index, CuratorIndex) and col.index.trained
     assert {t: col.count(tenant=t, principal=ADMIN) for t in counts} == counts
     res = col.search(late[:3], k=1, tenant="late", principal=ADMIN, ef=4096)
@@ -88,7 +88,7 @@ def test_a_collection_indexes_itself_past_its_threshold(tmp_path, rng):
     col.configure(auto_index_rows=2000)
     assert isinstance(col.index, FlatIndex)
     _fill(col, rng, n=2500)
-    col._builder.join(timeout=120)
+    col.jobs.wait(120)
     assert isinstance(col.index, CuratorIndex) and col.index.trained
     db.close()
     db = Database(tmp_path)
@@ -96,10 +96,10 @@ def test_a_collection_indexes_itself_past_its_threshold(tmp_path, rng):
     db.close()
 
 
-def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, monkeypatch):
+def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, grove_env):
     """``refined_tree`` picks how the next index build makes its tree, over the server's default, and survives
     a restart; a refined tree routes by a beam, a top-down one greedily (``ClusterTree.beam``)."""
-    monkeypatch.setenv("GROVE_TREE_BUILD", "refined")  # the server's default, which a setting overrides
+    grove_env("GROVE_TREE_BUILD", "refined")  # the server's default, which a setting overrides
     db = Database(tmp_path)
     plain, chosen = db.create_collection("plain", dim=DIM, metric="ip"), db.create_collection("c", dim=DIM, metric="ip")
     assert "refined_tree" not in chosen.configure()  # unset until set: the default applies
@@ -112,7 +112,7 @@ def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, mon
     vecs = rng.standard_normal((5, DIM)).astype(np.float32)
     before = _answers(chosen, vecs)
     db.close()
-    monkeypatch.setenv("GROVE_TREE_BUILD", "topdown")
+    grove_env("GROVE_TREE_BUILD", "topdown")
     db = Database(tmp_path)
     chosen = db.get_collection("c")
     assert chosen.configure()["refined_tree"] == 0
@@ -127,11 +127,11 @@ def test_the_tree_build_is_a_persisted_per_collection_setting(tmp_path, rng, mon
     db.close()
 
 
-def test_unset_the_tree_is_refined_where_one_tenant_sees_half_the_vectors(tmp_path, rng, monkeypatch):
+def test_unset_the_tree_is_refined_where_one_tenant_sees_half_the_vectors(tmp_path, rng, grove_env):
     """With neither a setting nor a server default, the index refines the tree of a collection one tenant
     dominates (it is searched leaf by leaf, where refined leaves pay) and keeps many tenants' top down; ``stats``
     says which it built."""
-    monkeypatch.delenv("GROVE_TREE_BUILD", raising=False)
+    grove_env("GROVE_TREE_BUILD", None)
     db = Database(tmp_path)
     one, many = db.create_collection("one", dim=DIM, metric="ip"), db.create_collection("many", dim=DIM, metric="ip")
     _fill(one, rng, tenants=1)

@@ -253,22 +253,23 @@ def test_describe_reports_the_choice():
         assert info["isa"] in native.ISAS
 
 
-def test_select_and_its_errors(monkeypatch):
+def test_select_and_its_errors(monkeypatch, grove_env):
     before = kernels.backend()
     try:
         assert kernels.select("numpy") == "numpy"
         assert kernels.backend() == "numpy"
-        monkeypatch.setenv("GROVE_KERNELS", "numba")
+        grove_env("GROVE_KERNELS", "numba")
         assert kernels.select() == "numba"
-        monkeypatch.setenv("GROVE_KERNELS", "fortran")
-        with pytest.raises(ValueError, match="not a backend"):
+        grove_env("GROVE_KERNELS", "fortran")
+        with pytest.raises(ValueError, match="GROVE_KERNELS"):
             kernels.select()
+        grove_env("GROVE_KERNELS", None)
         monkeypatch.setattr(native, "AVAILABLE", False)
         monkeypatch.setattr(native, "ERROR", "not built in this test")
         with pytest.raises(ValueError, match="not built in this test"):
             kernels.select("native")
     finally:
-        monkeypatch.delenv("GROVE_KERNELS", raising=False)
+        grove_env("GROVE_KERNELS", None)
         monkeypatch.undo()
         kernels.select(before if before in ("numba", "native") else None)
 

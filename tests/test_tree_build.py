@@ -269,12 +269,12 @@ def test_state_keeps_the_routing_rule(rng):
     assert ClusterTree.from_state(legacy).beam == 1
 
 
-def test_build_is_chosen_by_argument_or_environment(rng, monkeypatch):
+def test_build_is_chosen_by_argument_or_environment(rng, grove_env):
     x = clustered(rng, 600, 4)
-    monkeypatch.setenv("GROVE_TREE_BUILD", "topdown")
+    grove_env("GROVE_TREE_BUILD", "topdown")
     assert ClusterTree.train(x, fanout=4, max_leaf_size=16).beam == 1
     assert ClusterTree.train(x, fanout=4, max_leaf_size=16, build="refined").beam == tree_mod.ROUTE_BEAM
-    monkeypatch.setenv("GROVE_TREE_BUILD", "flat")
+    grove_env("GROVE_TREE_BUILD", "flat")
     with pytest.raises(ValueError, match="GROVE_TREE_BUILD"):
         ClusterTree.train(x)
     with pytest.raises(ValueError, match="beam"):
@@ -291,14 +291,14 @@ def test_build_is_chosen_by_argument_or_environment(rng, monkeypatch):
         ((600, 100, 100), None, "topdown", "topdown"),  # and so does the server's
     ],
 )
-def test_curator_build_refines_the_tree_where_one_tenant_dominates(rng, monkeypatch, sizes, chosen, env, built):
+def test_curator_build_refines_the_tree_where_one_tenant_dominates(rng, grove_env, sizes, chosen, env, built):
     from engine.index.curator import CuratorIndex
     from engine.index.table import VectorTable
 
     if env is None:
-        monkeypatch.delenv("GROVE_TREE_BUILD", raising=False)
+        grove_env("GROVE_TREE_BUILD", None)
     else:
-        monkeypatch.setenv("GROVE_TREE_BUILD", env)
+        grove_env("GROVE_TREE_BUILD", env)
     x = clustered(rng, sum(sizes), 8)
     table = VectorTable(8, capacity=x.shape[0])
     slots = table.allocate(x.shape[0])

@@ -56,10 +56,11 @@ parallel with each other (the kernels release the GIL).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from engine import kernels
 from engine.index.rows import DenseRows
 from engine.index.scancodes import PCACodes, PrimaryCodes, ScanCodes, int8_rows
 from engine.index.tree import ClusterTree, server_build
@@ -569,11 +570,22 @@ class CuratorIndex:
         rerank = max(self.rerank, ef >> self._rerank_shift, k + k // 2)
         if lst.bounds is None:
             lst.bounds = self._leaf_bounds(lst.main)
-        kern = _k.search if m == 1 else _k.search_parallel
-        kern(queries, self.table.store.kernel_args, self._slot_row, self._sc, self.scan.kernel_args, lst.main,
-             lst.tail, lst.nt, lst.bounds, self._pcent, self._bias, self._topo, self._leaves, k, ef, cands, rerank,
-             self.max_sl_size, self.exact_max, self.flat_max, self._kind, self.table.store.rows_kind, out_s,
-             out_r)  # fmt: skip
+        store = self.table.store
+        kernels.tree_search(
+            queries,
+            rows=store.kernel_args,
+            rows_kind=store.rows_kind,
+            slot_row=self._slot_row,
+            codes=self._sc,
+            code_query=self.scan.kernel_args,
+            tree=kernels.TreeArrays(self._topo, self._pcent, self._bias, self._leaves),
+            tenant=kernels.TenantEntries(lst.main, lst.tail, lst.nt, lst.bounds),
+            params=kernels.TreeSearchParams(
+                k, ef, cands, rerank, self.max_sl_size, self.exact_max, self.flat_max, self._kind
+            ),
+            out_s=out_s,
+            out_r=out_r,
+        )
         return out_s, out_r
 
     def _leaf_bounds(self, main: np.ndarray) -> np.ndarray:
@@ -593,9 +605,11 @@ class CuratorIndex:
         return np.searchsorted(main, keys).astype(np.int32)
 
     def warm(self) -> None:
-        """Run one search of each kind (exact and tree, one query and a batch) so that numba has loaded or
-        compiled every search kernel before the first real query: otherwise the first queries after a build
-        or a load pay for it (tens of milliseconds; measured as a third less QPS over a 500-query pass)."""
+        """Run one search of each kind (exact and tree, one query and a batch) so that the search kernels are
+        ready before the first real query: on the numba backend loaded or compiled (otherwise the first queries
+        after a build or a load pay for it, tens of milliseconds; measured as a third less QPS over a 500-query
+        pass); on the native backend (``engine.kernels.tree_search``) nothing compiles, and this only builds the
+        library's views of the index's arrays."""
         if not self._lists:
             return
         small = min(self._lists, key=lambda t: self._lists[t].count())
@@ -765,14 +779,24 @@ class CuratorIndex:
         return cls.build(table, metric, cls.tenants_rows(table), **params)
 
     @classmethod
-    def build(cls, table, metric: str, tenants_rows: Mapping[int, np.ndarray], **params: object) -> CuratorIndex:
+    def build(
+        cls,
+        table,
+        metric: str,
+        tenants_rows: Mapping[int, np.ndarray],
+        *,
+        progress: Callable[[float, str], None] | None = None,
+        **params: object,
+    ) -> CuratorIndex:
         """Train on a sample of the rows in ``tenants_rows`` and bulk-load them: a complete index in one call.
 
         ``tenants_rows`` maps tenant -> the rows it sees (e.g. ``FlatIndex.rows(t)`` for every tenant).
         Keyword ``params`` are the constructor's. With no rows at all the index stays untrained. Unless
-        ``tree_build`` or ``GROVE_TREE_BUILD`` says otherwise, the tree is refined when one tenant sees at least
-        ``REFINED_TENANT_SHARE`` of the rows, else built top down.
+        ``tree_build`` or the server's setting (``engine.tree_build``) says otherwise, the tree is refined when
+        one tenant sees at least ``REFINED_TENANT_SHARE`` of the rows, else built top down. ``progress(fraction,
+        phase)`` hears how far the build is, phase by phase (the share of each: measured, 100k-1M rows).
         """
+        report = progress or (lambda fraction, phase: None)
         idx = cls(table, metric, **params)
         parts = [np.asarray(r, np.int64) for r in tenants_rows.values() if len(r)]
         if parts:
@@ -782,7 +806,11 @@ class CuratorIndex:
                 idx.tree_build = "refined" if largest >= REFINED_TENANT_SHARE * union.shape[0] else "topdown"
             rng = np.random.default_rng(idx.seed)
             pick = union if union.shape[0] <= idx.train_size else rng.choice(union, idx.train_size, replace=False)
+            report(0.0, "training the tree")
             idx.train(table.vectors(np.sort(pick)), population=int(union.shape[0]))
+            report(0.6, "placing the rows")
             idx.add_many(tenants_rows)
+        report(0.95, "loading the search kernels")
         idx.warm()
+        report(1.0, "built")
         return idx

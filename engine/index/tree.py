@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 
-from engine import kernels
+from engine import config, kernels
 from engine.kernels import tree as _k
 
 _log = logging.getLogger("grove.index")
@@ -75,8 +74,8 @@ _CANDIDATES = 6
 
 
 def server_build() -> str | None:
-    """The server's tree build (env ``GROVE_TREE_BUILD``), or None where it sets none."""
-    return os.environ.get("GROVE_TREE_BUILD") or None
+    """The server's tree build (setting ``engine.tree_build``: ``refined``/``topdown``), or None for auto."""
+    return config.engine_setting("tree_build")
 
 
 class ClusterTree:

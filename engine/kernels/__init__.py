@@ -9,6 +9,9 @@ native    ``engine.kernels.native``: C with AVX-512 / AVX2 / scalar variants pic
 cuda      ``engine.kernels.gpu``: numba-cuda kernels, for big batches when a CUDA device is present
 ========  ==========================================================================================
 
+The Curator tree search (``tree_search``) has two: ``native`` (``grove_tree_search`` in ``native/``) and numba
+(``engine.kernels.tree.search``), the first wherever the native backend is the one selected.
+
 The CPU backend is chosen once, at first use: ``native`` if the optional extension was built, else ``numba``
 (``bench/kernels.py`` shows native ahead wherever both run). ``GROVE_KERNELS=numpy|numba|native|cuda`` or
 ``select(name)`` overrides it; a forced backend that is missing raises. Without an override, a batch whose
@@ -23,13 +26,13 @@ best first, ties to the smaller row, padded with (-inf, -1).
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from engine import config
 from engine.kernels import metrics, reference
 
 BACKENDS = ("numpy", "numba", "native", "cuda")
@@ -127,6 +130,7 @@ class LVQData:
 def _native_module():
     from engine.kernels import native
 
+    native.apply_isa_setting()
     return native
 
 
@@ -152,7 +156,7 @@ def select(name: str | None = None) -> str:
     A backend asked for by name (or by the environment) that cannot run raises ``ValueError`` with the reason.
     """
     global _selected, _forced
-    wanted = name or os.environ.get("GROVE_KERNELS") or None
+    wanted = name or config.engine_setting("kernels")
     if wanted is None:
         _selected = "native" if _native_module().AVAILABLE else "numba"
         _forced = False
@@ -165,6 +169,18 @@ def select(name: str | None = None) -> str:
         raise ValueError(f"the cuda backend was asked for but {_gpu_module().unavailable_reason()}")
     _selected, _forced = wanted, True
     return wanted
+
+
+def reconfigure() -> None:
+    """Forget the backend, thread count and instruction set read from the settings, so that the next use reads
+    ``engine.config.current()`` again (called by ``engine.config.use`` and ``reset``)."""
+    global _selected, _forced, _threads
+    _selected, _forced, _threads = None, False, None
+    import sys
+
+    native = sys.modules.get("engine.kernels.native")
+    if native is not None:
+        native.forget_isa_setting()
 
 
 def backend() -> str:
@@ -189,9 +205,9 @@ def threads() -> int:
     """Threads per call: ``set_threads``, else ``$GROVE_THREADS``, else numba's thread count."""
     if _threads is not None:
         return _threads
-    env = os.environ.get("GROVE_THREADS")
-    if env:
-        return max(1, int(env))
+    setting = config.engine_setting("threads")
+    if setting:
+        return int(setting)
     import numba
 
     return int(numba.get_num_threads())
@@ -397,3 +413,104 @@ def warm() -> None:
         for metric in ("ip", "l2"):
             topk(base[:1], base, np.arange(4, dtype=np.int64), 2, metric)
             topk(base[:2], base, np.arange(4, dtype=np.int64), 2, metric)
+
+
+# ---------------------------------------------------------------------------------------------- tree search
+class TreeArrays(NamedTuple):
+    """The shared Curator tree as its search reads it (``engine.index.curator``).
+
+    topo : int32 ``[3, nodes]``: each node's first child, child count and first leaf rank (C order).
+    pcent : float32 ``[nodes, pn]`` node centroids in the node-priority space. pbias : float32 ``[nodes]``.
+    leaves : ``(int8 [L, pn] leaf centroids, float32 [L] their scales, int32 [L] their node ids)``, leaf-rank order.
+    """
+
+    topo: np.ndarray
+    pcent: np.ndarray
+    pbias: np.ndarray
+    leaves: tuple
+
+
+class TenantEntries(NamedTuple):
+    """One tenant's list: ``main`` int64 sorted entries, ``tail`` int64 (the first ``nt`` in use), ``bounds``
+    int32 where each leaf rank starts in ``main`` (empty: none). See ``engine.kernels.tree``."""
+
+    main: np.ndarray
+    tail: np.ndarray
+    nt: int
+    bounds: np.ndarray
+
+
+class TreeSearchParams(NamedTuple):
+    """The knobs of one tree search (``engine.kernels.tree._search_one``): ``k`` results, early stop after ``ef``
+    unchanged entries, ``cands`` candidates, ``rerank`` rescored, nodes of at most ``max_sl`` entries scanned,
+    exact up to ``exact_max`` entries, every code up to ``flat_max``; ``kind`` is ``tree.IP`` or ``tree.L2``."""
+
+    k: int
+    ef: int
+    cands: int
+    rerank: int
+    max_sl: int
+    exact_max: int
+    flat_max: int
+    kind: int
+
+
+def tree_backend() -> str:
+    """Where ``tree_search`` runs: ``native`` when the native backend is selected (or ``cuda`` is and the native
+    library is built: there is no GPU tree search), else ``numba`` (also for the ``numpy`` backend)."""
+    b = backend()
+    if b == "native" or (b == "cuda" and _native_module().AVAILABLE):
+        return "native"
+    return "numba"
+
+
+def tree_search(
+    queries: np.ndarray,
+    *,
+    rows: tuple,
+    rows_kind: int,
+    slot_row: np.ndarray,
+    codes: tuple,
+    code_query: tuple,
+    tree: TreeArrays,
+    tenant: TenantEntries,
+    params: TreeSearchParams,
+    out_s: np.ndarray,
+    out_r: np.ndarray,
+) -> int | None:
+    """Top-k of each query over one tenant's part of a Curator tree (curator.md §2.6-2.7), into ``out_s``/``out_r``.
+
+    Parameters
+    ----------
+    queries : float32 ``[m, d]``, C order, prepared for the metric.
+    rows : the table's rows, ``engine.index.rows`` ``kernel_args``; ``rows_kind``: what they hold (``tree.ROWS_*``).
+    slot_row : int32, the table row of each code slot.
+    codes : ``(codes, mul, add, sub)``, the scan codes by slot; ``code_query``: ``(int8 projection [p, d], its row
+        scales, offset [p], per-coordinate code scale [p], code bits)``, their query side
+        (``engine.index.scancodes``).
+    tree, tenant, params : see ``TreeArrays``, ``TenantEntries``, ``TreeSearchParams``.
+    out_s, out_r : float32 / int64 ``[m, k]``, C order: scores and table rows, best first, ties to the smaller
+        row, padded (-inf, -1).
+
+    Returns
+    -------
+    The entries scanned over all queries, or ``None`` from numba's parallel batch kernel (which does not count).
+
+    Runs on ``tree_backend()``: the native kernel splits a large enough batch over ``threads()`` threads, numba
+    any batch over its own.
+    The arrays are the index's own and are used as they are (the index keeps them in these dtypes).
+    """
+    if queries.dtype != np.float32 or queries.ndim != 2 or not queries.flags.c_contiguous:
+        raise ValueError(f"queries must be C-ordered float32 [m, d], got {queries.dtype} {queries.shape}")
+    m = queries.shape[0]
+    if out_s.shape != (m, params.k) or out_r.shape != (m, params.k):
+        raise ValueError(f"out_s and out_r must be [{m}, {params.k}], got {out_s.shape} and {out_r.shape}")
+    if tree_backend() == "native":
+        return _native_module().tree_search(queries, rows, rows_kind, slot_row, codes, code_query, tree, tenant,
+                                            params, out_s, out_r, threads() if m > 1 else 1)  # fmt: skip
+    from engine.kernels import tree as numba_tree
+
+    kern = numba_tree.search if m == 1 else numba_tree.search_parallel
+    return kern(queries, rows, slot_row, codes, code_query, tenant.main, tenant.tail, tenant.nt, tenant.bounds,
+                tree.pcent, tree.pbias, tree.topo, tree.leaves, *params[:7], params.kind, rows_kind, out_s,
+                out_r)  # fmt: skip

@@ -43,8 +43,9 @@ smaller row, padded with (-inf, -1)):
 
 LVQ codes are decoded to float32 on the device first (``_decode``), then searched like float32 rows.
 
-Defaults come from ``GROVE_GPU_PRECISION`` (``fp16|tf32|fp32``; default ``fp16`` with CuPy, else ``fp32``),
-``GROVE_GPU_SELECT`` (``filter|rounds``) and ``GROVE_GPU_RESCORE`` (``1|0``, for ``fp32``); ``search`` takes
+Defaults come from the settings ``engine.gpu_precision`` (``GROVE_GPU_PRECISION``: ``fp16|tf32|fp32``; auto:
+``fp16`` with CuPy, else ``fp32``), ``engine.gpu_select`` (``filter|rounds``) and ``engine.gpu_rescore`` (for
+``fp32``), unless the module's ``PRECISION``/``SELECT``/``RESCORE`` are set (benchmarks); ``search`` takes
 them as keywords too. The previous path is ``precision="fp32", select="rounds", rescore=False``.
 """
 
@@ -55,6 +56,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from engine import config
 
 try:  # guarded: numba-cuda (or numba's bundled cuda target) is optional
     from numba import cuda
@@ -95,10 +98,10 @@ _MIN_SLACK = 8
 
 PRECISIONS = ("fp16", "tf32", "fp32")
 SELECTS = ("filter", "rounds")
-#: defaults of ``search`` (None: fp16 with CuPy, else fp32)
-PRECISION: str | None = os.environ.get("GROVE_GPU_PRECISION") or None
-SELECT: str = os.environ.get("GROVE_GPU_SELECT") or "filter"
-RESCORE: bool = os.environ.get("GROVE_GPU_RESCORE", "1") != "0"
+#: overrides of ``search``'s defaults (None: the settings' ``engine.gpu_*``)
+PRECISION: str | None = None
+SELECT: str | None = None
+RESCORE: bool | None = None
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 _probe: tuple[bool, str | None] | None = None
@@ -158,15 +161,24 @@ def _cupy():
 
 def default_precision() -> str:
     """The first-stage precision ``search`` uses when not told: ``PRECISION``, else fp16 with CuPy, else fp32."""
-    if PRECISION is not None:
-        return PRECISION
+    precision = PRECISION or config.engine_setting("gpu_precision")
+    if precision is not None:
+        return precision
     return "fp16" if _cupy() is not None else "fp32"
+
+
+def default_select() -> str:
+    return SELECT or config.engine_setting("gpu_select")
+
+
+def default_rescore() -> bool:
+    return bool(config.engine_setting("gpu_rescore") if RESCORE is None else RESCORE)
 
 
 def describe() -> dict[str, Any]:
     """The device, for benchmarks: name, compute capability, memory, simulator, which product and selection run."""
     _require()
-    modes = {"precision": default_precision(), "select": SELECT, "rescore": RESCORE}
+    modes = {"precision": default_precision(), "select": default_select(), "rescore": default_rescore()}
     if SIMULATOR:
         return {"device": "CUDA simulator (NUMBA_ENABLE_CUDASIM=1)", "simulator": True, "gemm": "numba", **modes}
     dev = cuda.get_current_device()
@@ -861,8 +873,8 @@ def _two_stage(q, q_dev, dd, rows_dev, use_map, start, n, k, kp, l2, precision, 
 
 def _resolve(precision: str | None, select: str | None, rescore: bool | None) -> tuple[str, str, bool]:
     precision = default_precision() if precision is None else precision
-    select = SELECT if select is None else select
-    rescore = RESCORE if rescore is None else bool(rescore)
+    select = default_select() if select is None else select
+    rescore = default_rescore() if rescore is None else bool(rescore)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if select not in SELECTS:

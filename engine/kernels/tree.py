@@ -4,6 +4,11 @@ encode the 4-bit scan codes, update a tenant's leaf-ordered list, and the tenant
 
 Loops only; ``engine.index.curator`` validates and shapes the input. Every kernel releases the GIL.
 
+The search (``search``, ``_search_one`` and what they call) has a C twin with the same semantics,
+``native/src/tree_search.c``, which ``engine.kernels.tree_search`` runs whenever the native backend is selected
+(these kernels stay the fallback, and ``select("numba")`` brings them back): a change to the search here belongs
+there too, and ``tests/test_native_tree.py`` holds the two to the same answers.
+
 Encoding shared with ``engine.index.curator``: a tenant's list holds int64 *entries*
 ``(leaf_rank << 32) | code_slot``, sorted, so that the entries below any tree node form one contiguous range
 (leaves are numbered depth first); ``slot_row`` maps a code slot to its table row. A deleted entry keeps its

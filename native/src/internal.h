@@ -59,4 +59,73 @@ extern const grove_ops grove_ops_avx512;
 extern const grove_ops grove_ops_avx512vnni;
 #endif
 
+/* ---- the tree search's inner loops (tree_search.c drives them; tree_loops.h holds them once for every ISA) -- */
+/* scan-code entries prefetched ahead of the one being scored (engine.kernels.tree.PREFETCH_AHEAD) */
+#define GROVE_PREFETCH_AHEAD 16
+/* byte codes this wide are scored in integers (engine.kernels.tree.FAST_WIDTH) */
+#define GROVE_FAST_WIDTH 128
+#define GROVE_ROW_MASK 0xFFFFFFFFLL
+/* a hint to load the cache line holding p (read, keep in all levels); nothing where the compiler has no builtin */
+#if defined(__GNUC__) || defined(__clang__)
+#define GROVE_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define GROVE_PREFETCH(p) ((void)(p))
+#endif
+
+/* how code_scores computes <w, c> */
+enum grove_code_path {
+    GROVE_CODES_INT4 = 0, /* 4-bit codes, FAST_WIDTH bytes: iscale * sum qi_t (c_t & 15) + qi_{h+t} (c_t >> 4) */
+    GROVE_CODES_INT8 = 1, /* 8-bit codes, FAST_WIDTH bytes: iscale * sum qi_t c_t */
+    GROVE_CODES_NIB = 2,  /* 4-bit codes: sum w_t (c_t & 15) + w_{h+t} (c_t >> 4) in float */
+    GROVE_CODES_U8 = 3,   /* 8-bit codes: sum w_t c_t in float */
+    GROVE_CODES_F32 = 4   /* float32 codes */
+};
+
+/* A query in scan-code space (tree_search.c fills it in). w: the weights [p]; wlo = w[0:h], whi = w[h:p]
+ * (zero padded to h) for 4-bit codes; qi: int16 weights ~ w / iscale ([2h]: the low then the high halves for
+ * 4-bit codes); sigma = sum(w). */
+typedef struct grove_code_query {
+    int path;
+    int l2;
+    const float *w;
+    const float *wlo;
+    const float *whi;
+    const int16_t *qi;
+    float iscale;
+    float sigma;
+} grove_code_query;
+
+/* A query as the rows score it: q [dim]; qlo = q[0:h], qhi = q[h:dim] zero padded to h (LVQ-4 rows);
+ * qmu = q . mean, qsum = sum(q), qsq = |q|^2 (LVQ rows). */
+typedef struct grove_row_query {
+    int l2;
+    const float *q;
+    const float *qlo;
+    const float *qhi;
+    float qmu;
+    float qsum;
+    float qsq;
+} grove_row_query;
+
+typedef struct grove_tree_ops {
+    int isa;
+    /* out[j] = the score of the code of entry lst[j], for the live entries among j < n (a DEAD one's out[j] is
+     * left as it was); entries up to lst[avail - 1] (avail >= n) may be prefetched */
+    void (*code_scores)(const grove_code_query *cq, const grove_scan_codes *sc, const int64_t *lst, int64_t n,
+                        int64_t avail, float *out);
+    /* the same from the rows: the surrogate score of table row slot_row[slot of lst[j]] */
+    void (*row_scores)(const grove_row_query *rq, const grove_tree_rows *x, const int32_t *slot_row,
+                       const int64_t *lst, int64_t n, int64_t avail, float *out);
+    /* out[i] = sum_t q[t] * a[r][t] (t < d, in int32) for r = which[i] (which NULL: r = i), i < n; a: int8 [*][d] */
+    void (*int8_dots)(const int16_t *q, const int8_t *a, int64_t d, const int64_t *which, int64_t n, int32_t *out);
+    /* sum_t a[t] * b[t], t < d */
+    float (*dot)(const float *a, const float *b, int64_t d);
+} grove_tree_ops;
+
+extern const grove_tree_ops grove_tree_ops_scalar;
+#if GROVE_X86
+extern const grove_tree_ops grove_tree_ops_avx2;
+extern const grove_tree_ops grove_tree_ops_avx512;
+#endif
+
 #endif
