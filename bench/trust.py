@@ -208,11 +208,11 @@ def recovery(tmp: Path, vectors: int, dim: int) -> None:
             n = min(50_000, vectors - first)
             col.upsert(np.arange(first, first + n), rng.standard_normal((n, dim)).astype(np.float32), tenant="all")
         print(f"recovery: ingested {vectors} x {dim} in {time.perf_counter() - t0:.0f} s")
-        while col.stats()["build_running"]:
+        while col.stats()["build"]["state"] == "running":
             time.sleep(0.5)
         col.build_index(background=True)  # a rebuild over all of them, killed midway
         time.sleep(3.0)
-        running = col.stats()["build_running"]
+        running = col.stats()["build"]["state"] == "running"
     kill9(proc)
     print(f"recovery: killed -9 while the index built (build running: {running})")
     t0 = time.perf_counter()
@@ -230,7 +230,7 @@ def recovery(tmp: Path, vectors: int, dim: int) -> None:
         col = admin.get_collection("docs")
         res = col.search(rng.standard_normal((1, dim)).astype(np.float32), k=10, tenant="all")
         first_search = time.perf_counter() - t0
-        while col.stats()["build_running"]:
+        while col.stats()["build"]["state"] == "running":
             time.sleep(0.5)
         rebuilt = time.perf_counter() - t0
         stats = col.stats()

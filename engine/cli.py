@@ -12,10 +12,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from engine import apikeys
-from engine.rpc.streams import DEFAULT_STREAM_IDLE_SECONDS, DEFAULT_STREAMS_PER_PRINCIPAL, DEFAULT_STREAMS_TOTAL
+from engine import apikeys, config
 
-ADMIN_KEY_ENV = "GROVE_ADMIN_KEY"
 _log = logging.getLogger("grove.cli")
 
 
@@ -28,47 +26,45 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="grove", description="Grove: a multi-tenant vector search engine.")
-    ap.add_argument("--version", action="version", version=f"grove {_version()}")
-    sub = ap.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="serve a store over gRPC until SIGTERM/SIGINT")
-    s.add_argument("--path", default="./grove-data", help="store directory (created if missing; default ./grove-data)")
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
-    s.add_argument(
-        "--admin-key",
-        default=None,
-        help=f"admin API key (>= 16 characters; else ${ADMIN_KEY_ENV}; else the stored one, or a new one printed once)",
-    )
-    s.add_argument(
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One option per setting that has a flag (``engine.config.SETTINGS``); unset options stay None, so the
+    file and the environment keep their say."""
+    p.add_argument("--config", default=None, help=f"TOML settings file (else ${config.CONFIG_ENV})")
+    for s in config.SETTINGS:
+        if s.flag is None:
+            continue
+        default = "unset" if s.default is None else s.default
+        text = f"{s.help} (${s.env}; default {default})"
+        if s.parse is config.BOOL:
+            p.add_argument(s.flag, dest=s.key, default=None, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            p.add_argument(s.flag, dest=s.key, default=None, help=text)
+    p.add_argument(
         "--rotate-admin-key",
         action="store_true",
         help="replace the store's admin key with --admin-key (without it, a different key is refused)",
     )
-    s.add_argument("--tls-cert", default=None, help="PEM certificate file; serve TLS (with --tls-key)")
-    s.add_argument("--tls-key", default=None, help="PEM private key file (with --tls-cert)")
-    s.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message in MiB (default 64)")
-    s.add_argument("--max-stream-mb", type=int, default=1024, help="largest upsert stream in MiB (default 1024)")
-    s.add_argument("--workers", type=int, default=None, help="threads serving unary calls (default min(32, 4 x cores))")
-    s.add_argument(
-        "--max-streams", type=int, default=DEFAULT_STREAMS_TOTAL, help="streams open at once, each on its own thread"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="grove", description="Grove: a multi-tenant vector search engine.")
+    ap.add_argument("--version", action="version", version=f"grove {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_setting_flags(sub.add_parser("serve", help="serve a store over gRPC until SIGTERM/SIGINT"))
+    _add_setting_flags(
+        sub.add_parser("config", help="print every setting: its variable, effective value and where it came from")
     )
-    s.add_argument(
-        "--max-streams-per-key",
-        type=int,
-        default=DEFAULT_STREAMS_PER_PRINCIPAL,
-        help="streams one principal (a tenant, or the admin) may hold open at once",
+    sub.add_parser("warm", help="load (or, after an install, compile) the search kernels now, and say how long")
+    _add_setting_flags(
+        sub.add_parser("health", help="exit 0 if the server at --host/--port answers SERVING (container probes)")
     )
-    s.add_argument(
-        "--stream-idle-s",
-        type=float,
-        default=DEFAULT_STREAM_IDLE_SECONDS,
-        help="seconds a stream may go without a message before it is cancelled",
-    )
-    s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown (default 10)")
     sub.add_parser("demo", help="a one-minute tour: in-process server, two tenants, searches (embedded and remote)")
     return ap
+
+
+def _settings(a: argparse.Namespace) -> config.Config:
+    flags = {s.key: getattr(a, s.key, None) for s in config.SETTINGS if s.flag is not None}
+    return config.load(a.config, flags=flags)
 
 
 class AdminKeyConflict(Exception):
@@ -123,22 +119,33 @@ def port_taken(host: str, port: int) -> str | None:
 
 
 def _serve(a: argparse.Namespace) -> int:
+    from engine import logs, warmup
     from engine.db import Database
     from engine.errors import GroveError
 
-    if (a.tls_cert is None) != (a.tls_key is None):
+    try:
+        cfg = _settings(a)
+    except config.ConfigError as exc:
+        print(f"grove: {exc}", file=sys.stderr)
+        return 2
+    c = cfg.section("serve")
+    logs.setup(c["log_level"], c["log_format"])
+    config.use(cfg)
+    if (c["tls_cert"] is None) != (c["tls_key"] is None):
         print("grove: --tls-cert and --tls-key go together; give both or neither", file=sys.stderr)
         return 2
-    if os.path.exists(a.path) and not os.path.isdir(a.path):
-        print(f"grove: --path {a.path} is a file; give a directory for the store (created if missing)", file=sys.stderr)
+    if os.path.exists(c["path"]) and not os.path.isdir(c["path"]):
+        print(
+            f"grove: --path {c['path']} is a file; give a directory for the store (created if missing)", file=sys.stderr
+        )
         return 2
-    taken = port_taken(a.host, a.port)
+    taken = port_taken(c["host"], c["port"])
     if taken:  # before the store is opened (or made): a failed start leaves nothing behind
-        print(f"grove: cannot listen on {a.host}:{a.port}: {taken}; is the port in use?", file=sys.stderr)
+        print(f"grove: cannot listen on {c['host']}:{c['port']}: {taken}; is the port in use?", file=sys.stderr)
         return 1
-    given = a.admin_key or os.environ.get(ADMIN_KEY_ENV)
+    given = c["admin_key"]
     try:
-        db = Database(a.path, load=False)  # the store only: fast whatever its size; collections load once listening
+        db = Database(c["path"], load=False)  # the store only: fast whatever its size; collections load once listening
     except GroveError as exc:
         print(f"grove: {exc}", file=sys.stderr)
         return 1
@@ -157,27 +164,79 @@ def _serve(a: argparse.Namespace) -> int:
         if generated:
             print(f"grove: generated admin key (shown once, stored hashed): {generated}", flush=True)
 
-    tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
-    if tls is None and a.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"grove: WARNING: serving on {a.host} without TLS: API keys cross the network in clear", flush=True)
+    tls = (c["tls_cert"], c["tls_key"]) if c["tls_cert"] else None
+    if tls is None and c["host"] not in ("127.0.0.1", "localhost", "::1"):
+        print(f"grove: WARNING: serving on {c['host']} without TLS: API keys cross the network in clear", flush=True)
     try:
         serve(
             db,
-            f"{a.host}:{a.port}",
-            grace=a.grace,
+            f"{c['host']}:{c['port']}",
+            grace=c["grace"],
             before_start=keys_once_bound,
-            max_message_bytes=a.max_message_mb << 20,
-            max_stream_bytes=a.max_stream_mb << 20,
-            max_workers=a.workers,
-            max_streams=a.max_streams,
-            max_streams_per_key=a.max_streams_per_key,
-            stream_idle_seconds=a.stream_idle_s,
+            max_message_bytes=c["max_message_mb"] << 20,
+            max_stream_bytes=c["max_stream_mb"] << 20,
+            max_workers=c["workers"],
+            max_streams=c["max_streams"],
+            max_streams_per_key=c["max_streams_per_key"],
+            stream_idle_seconds=c["stream_idle_s"],
             tls=tls,
+            metrics_port=c["metrics_port"],
+            metrics_host=c["metrics_host"],
+            metrics_tenant_labels=c["metrics_tenant_labels"],
+            access_log=c["access_log"],
+            warm=warmup.warm if c["warm"] else None,
         )
     except GroveError as exc:
         db.close()
         print(f"grove: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _config(a: argparse.Namespace) -> int:
+    try:
+        cfg = _settings(a)
+    except config.ConfigError as exc:
+        print(f"grove: {exc}", file=sys.stderr)
+        return 2
+    print(cfg.format_table())
+    return 0
+
+
+def _health(a: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        c = _settings(a).section("serve")
+    except config.ConfigError as exc:
+        print(f"grove: {exc}", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if c["host"] in ("0.0.0.0", "::", "") else c["host"]
+    target = f"{host}:{c['port']}"
+    if c["tls_cert"]:
+        with open(c["tls_cert"], "rb") as fh:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=fh.read()))
+    else:
+        channel = grpc.insecure_channel(target)
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    except grpc.RpcError as exc:
+        print(f"grove: {target}: {exc.code().name}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"grove: {target}: {state}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _warm() -> int:
+    from engine import logs, warmup
+
+    logs.setup()
+    config.current()
+    warmup.warm()
     return 0
 
 
@@ -228,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.command == "serve":
         return _serve(a)
+    if a.command == "config":
+        return _config(a)
+    if a.command == "warm":
+        return _warm()
+    if a.command == "health":
+        return _health(a)
     return _demo()
 
 

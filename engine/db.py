@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import apikeys, kernels, validate
+from engine import apikeys, kernels, validate, warmup
 from engine.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -36,6 +36,7 @@ from engine.index.curator import CuratorIndex
 from engine.index.flat import FlatIndex
 from engine.index.rows import CodedRows
 from engine.index.table import VectorTable
+from engine.jobs import FAILED, JobSlot, JobStatus, Progress, no_progress
 from engine.kernels import metrics
 from engine.principal import ADMIN, Principal, acting, tenant_of
 from engine.quant.codec import Codec, build_codec
@@ -59,6 +60,8 @@ RECALL_SAMPLE = 16
 #: the index-state key whose presence says the saved index matches the stored vectors (every write deletes it)
 _CLEAN = "~clean"
 _log = logging.getLogger("grove.db")
+#: a collection's load says how far it is at most this often (a large store takes tens of seconds)
+LOAD_PROGRESS_SECONDS = 5.0
 
 
 def _compression_to_json(c: Compression) -> dict | None:
@@ -104,9 +107,7 @@ class Collection:
         self.auto_index_rows = AUTO_INDEX_ROWS
         self.tree_build: str | None = None  # configure(refined_tree=...): None = the server's default
         self.reservoir = QueryReservoir(0, info.dim)
-        self._builder: threading.Thread | None = None
-        self.build_failures = 0  # background builds that raised, and the last one's error (None once one succeeds)
-        self.build_error: str | None = None
+        self.jobs = JobSlot(info.name)  # index builds and compression training, one at a time
         self._dirty_key = keys.index_state(col_no, _CLEAN)
 
     # ----------------------------------------------------------------------------------- properties
@@ -436,13 +437,15 @@ class Collection:
         refined = settings.get("refined_tree")
         self.tree_build = None if refined is None else ("refined" if refined else "topdown")
 
-    def train_compression(self, query_sample=None) -> dict[str, float]:
+    def train_compression(self, query_sample=None, *, background: bool = False) -> dict[str, float] | JobStatus:
         """(Re)learn the collection's codec from its vectors and ``query_sample`` (default: the query reservoir),
         re-encode every row and rebuild the index, then swap them in atomically.
 
         LeanVec-OOD learns its projection from the queries as well (``engine.quant.leanvec``); LeanVec-ID and
         LVQ learn from the vectors alone. Searches go on against the old codes while this runs; writes wait.
-        The codec is stored, so a restart encodes with the same one. Returns a summary.
+        The codec is stored, so a restart encodes with the same one. Returns a summary; with
+        ``background=True`` it returns the job's status at once (``stats()["build"]`` follows it). Refused
+        (``FailedPrecondition``) while another build or training runs.
         """
         config = self.info.compression
         if config is None:
@@ -453,34 +456,54 @@ class Collection:
         sample = None
         if query_sample is not None:
             sample = validate.vectors(query_sample, self.dim, what="query_sample", metric=self.metric)
-        with self._writer:
-            self._check_open()
-            if sample is None:
-                sample = self.reservoir.sample() if len(self.reservoir) else None
-            if isinstance(config, LeanVec) and config.kind == "ood" and sample is None:
-                raise FailedPrecondition(
-                    "LeanVec(kind='ood') learns from queries: pass query_sample=..., or turn on the query "
-                    "reservoir with configure(query_reservoir=N) and search first"
-                )
-            return self._train_codec_locked(sample)
+        elif isinstance(config, LeanVec) and config.kind == "ood" and not len(self.reservoir):
+            raise FailedPrecondition(
+                "LeanVec(kind='ood') learns from queries: pass query_sample=..., or turn on the query "
+                "reservoir with configure(query_reservoir=N) and search first"
+            )
+        if len(self.table) == 0:
+            raise FailedPrecondition(f"collection {self.name!r} is empty: upsert vectors before training")
 
-    def _train_codec_locked(self, query_sample: np.ndarray | None) -> dict[str, float]:
+        def train(progress: Progress) -> dict[str, float]:
+            with self._writer:
+                self._check_open()
+                queries = sample if sample is not None else (self.reservoir.sample() if len(self.reservoir) else None)
+                return self._train_codec_locked(queries, progress)
+
+        return self._job("train_compression", train, background)
+
+    def _job(self, kind: str, work, background: bool) -> dict[str, float] | JobStatus:
+        """Run ``work`` as the collection's job: here and now, or in the background (returning its status)."""
+        self._check_open()
+        if not background:
+            return self.jobs.run(kind, work)
+        return self.jobs.start(kind, work, on_error=lambda exc: self._log_failure(kind, exc))
+
+    def _log_failure(self, kind: str, exc: BaseException) -> None:
+        _log.error("collection %r: the background %s failed", self.name, kind, exc_info=exc)
+
+    def _train_codec_locked(
+        self, query_sample: np.ndarray | None, progress: Progress = no_progress
+    ) -> dict[str, float]:
         """Learn, store and install a codec (caller holds the writer mutex); see ``train_compression``."""
         config = self.info.compression
         if len(self.table) == 0:
             raise FailedPrecondition(f"collection {self.name!r} is empty: upsert vectors before training")
         t0 = time.perf_counter()
+        progress(0.0, "learning the codec")
         live = np.flatnonzero(self.table.owner >= 0)
         pick = live[np.linspace(0, live.shape[0] - 1, min(live.shape[0], 100_000)).astype(np.int64)]
         if isinstance(config, LeanVec) and config.kind == "ood" and query_sample is None:
             config = replace(config, kind="id")  # no queries seen yet: the data's own projection until there are
         codec = build_codec(config, self._originals(pick), query_sample, metric=self.metric)
+        progress(0.3, "encoding the vectors")
         table = self.table.compressed(codec, self._originals)  # from the originals, never from older codes
-        index = (
-            CuratorIndex.build(table, self.metric, table.visible_rows(), tree_build=self.tree_build)
-            if self._indexed()
-            else None
-        )
+        index = None
+        if self._indexed():
+            index = CuratorIndex.build(
+                table, self.metric, table.visible_rows(), tree_build=self.tree_build,
+                progress=lambda f, phase: progress(0.5 + 0.45 * f, phase),
+            )  # fmt: skip
         if index is None:
             index = FlatIndex(table, self.metric)
             for t, rows in table.visible_rows().items():
@@ -511,30 +534,42 @@ class Collection:
         return metrics.prepare(self.metric, vecs.astype(np.float32))
 
     # ----------------------------------------------------------------------------------- index lifecycle
-    def build_index(self, *, background: bool = False) -> dict[str, float]:
+    def build_index(self, *, background: bool = False) -> dict[str, float] | JobStatus:
         """Train the Curator index on everything stored and swap it in atomically; also the way to retrain.
 
         Searches go on against the old index while it builds; writes wait for it (a few seconds per 100k
         vectors). The trained index is checkpointed to the store, so a restart reloads it without training.
-        With ``background=True`` it returns at once and builds in a thread.
+        Returns a summary; with ``background=True`` it returns the job's status at once (``stats()["build"]``
+        follows it). Refused (``FailedPrecondition``) while another build or training runs.
         """
-        if background:
-            self._build_in_background()
-            return {"background": 1.0}
-        with self._writer:
-            return self._build_locked()
 
-    def _build_locked(self) -> dict[str, float]:
+        def build(progress: Progress) -> dict[str, float]:
+            with self._writer:
+                return self._build_locked(progress)
+
+        return self._job("build_index", build, background)
+
+    def _build_locked(self, progress: Progress = no_progress) -> dict[str, float]:
         self._check_open()
+        warmup.say_if_compiling()
+        share = 0.0
         if self.info.compression is not None and self.table.codec is None and len(self.table):
             # a compressed collection is float32 until its codec is learned: learn it (from the reservoir's
             # queries, if any) before indexing, so the index scans codes
-            self._train_codec_locked(self.reservoir.sample() if len(self.reservoir) else None)
+            share = 0.4
+            self._train_codec_locked(
+                self.reservoir.sample() if len(self.reservoir) else None, lambda f, phase: progress(share * f, phase)
+            )
         t0 = time.perf_counter()
+        progress(share, "preparing the rows")
         with self._rw.write():
             self.table.fit()
-        index = CuratorIndex.build(self.table, self.metric, self.table.visible_rows(), tree_build=self.tree_build)
+        index = CuratorIndex.build(
+            self.table, self.metric, self.table.visible_rows(), tree_build=self.tree_build,
+            progress=lambda f, phase: progress(share + (0.97 - share) * f, phase),
+        )  # fmt: skip
         built = time.perf_counter() - t0
+        progress(0.97, "saving the index")
         self._store.write(_deleting(self._dirty_key))
         self._checkpoint(index)
         with self._rw.write():
@@ -547,23 +582,18 @@ class Collection:
         return self.index.needs_training()
 
     def _build_in_background(self) -> None:
-        if self._builder is not None and self._builder.is_alive():
-            return
+        """An automatic index build (the collection grew enough, or its saved index is stale), unless a job
+        already runs; its outcome shows in ``stats()["build"]``."""
 
-        def build() -> None:
-            try:
-                with self._writer:
-                    if not self.dropped and self._db.is_open:
-                        self._build_locked()
-            except Exception as exc:  # noqa: BLE001 - a thread's error would vanish: log it and show it in stats()
-                self.build_failures += 1
-                self.build_error = f"{type(exc).__name__}: {exc}"
-                _log.exception("collection %r: the background index build failed", self.name)
-            else:
-                self.build_error = None
+        def build(progress: Progress) -> dict[str, float]:
+            with self._writer:
+                if self.dropped or not self._db.is_open:
+                    return {}
+                return self._build_locked(progress)
 
-        self._builder = threading.Thread(target=build, name=f"grove-index-{self.name}", daemon=True)
-        self._builder.start()
+        self.jobs.start(
+            "build_index", build, automatic=True, on_error=lambda exc: self._log_failure("build_index", exc)
+        )
 
     def _checkpoint(self, index: CuratorIndex | None = None) -> None:
         """Save the Curator index's arrays and mark them current (caller holds the writer mutex)."""
@@ -720,27 +750,31 @@ class Collection:
             if codec is not None:
                 out["code_bytes_per_vector"] = codec.bytes_per_vector
                 out["reduced_dim"] = codec.reduced_dim
-        out["build_running"] = int(self._builder is not None and self._builder.is_alive())
-        out["build_failures"] = self.build_failures
-        if self.build_error is not None:
-            out["build_error"] = self.build_error
+        out["build"] = self.jobs.status().as_dict()
+        out["build_failures"] = sum(t.outcomes[FAILED] for t in self.jobs.tallies.values())
         out.update(parts)
         out["total_bytes"] = sum(parts.values())
         out["bytes_per_vector"] = out["total_bytes"] // max(out["vectors"], 1)
         return out
 
     # ----------------------------------------------------------------------------------- loading
-    def _load(self) -> None:
-        """Rebuild the in-memory table and index from the store (at open, after any crash)."""
+    def _load(self) -> str:
+        """Rebuild the in-memory table and index from the store (at open, after any crash); returns what became
+        of the index: ``"checkpoint"`` (reloaded), ``"rebuilding"`` (stale: rebuilt in the background) or
+        ``"none"`` (too small to index yet)."""
         codec = self._saved_codec()
         if codec is not None:
             self.table.store = CodedRows(codec, self.table.capacity)
         ids, owners, rows = [], [], []
+        said = time.monotonic()
         for key, value in self._store.scan(keys.collection_prefix(keys.VECTOR, self.no)):
             owner, i = keys.read_vector(key)
             ids.append(i)
             owners.append(owner)
             rows.append(value)
+            if len(ids) % 65536 == 0 and time.monotonic() - said > LOAD_PROGRESS_SECONDS:
+                said = time.monotonic()
+                _log.info("collection %r: %d vectors read so far", self.name, len(ids))
         if ids:
             vecs = np.frombuffer(b"".join(rows), "<f4").reshape(len(ids), self.dim).astype(np.float32)
             id_arr = np.array(ids, np.int64)
@@ -766,11 +800,14 @@ class Collection:
         saved = self._saved_index()
         if saved is not None:
             self.index = saved
-        elif self._has_saved_tree() or len(self.table) >= self.auto_index_rows:
+            return "checkpoint"
+        if self._has_saved_tree() or len(self.table) >= self.auto_index_rows:
             # indexed before a crash (or the threshold was crossed): searches are exact until the rebuild,
             # in the background, swaps the index in
             _log.info("collection %r: the saved index is stale; rebuilding it in the background", self.name)
             self._build_in_background()
+            return "rebuilding"
+        return "none"
 
 
 class Database:
@@ -835,16 +872,26 @@ class Database:
         if self.loaded:
             return
         kernels.warm()  # a JIT's first call costs ~1 s: pay it at open, not in the first search
-        for key, value in self._store.scan(keys.COLLECTION):
+        found = list(self._store.scan(keys.COLLECTION))
+        t0 = time.perf_counter()
+        for i, (key, value) in enumerate(found):
             meta = json.loads(value)
             info = CollectionInfo(
                 key[1:].decode(), meta["dim"], meta["metric"], _compression_from_json(meta.get("compression"))
             )
             col = Collection(self, meta["id"], info)
             col._apply_settings(meta.get("settings", {}))
-            _log.info("loading collection %r", info.name)
-            col._load()
+            _log.info("loading collection %r (%d of %d)", info.name, i + 1, len(found))
+            t1 = time.perf_counter()
+            index = col._load()
+            fields = {"collection": info.name, "vectors": len(col.table), "index": index}
+            fields["seconds"] = round(time.perf_counter() - t1, 2)
+            _log.info(
+                "loaded collection %r: %d vectors, index %s", info.name, len(col.table), index, extra={"fields": fields}
+            )
             self._collections[info.name] = col
+        if found:
+            _log.info("loaded %d collections in %.1f s", len(found), time.perf_counter() - t0)
         self._loaded.set()
 
     # ----------------------------------------------------------------------------------- collections
@@ -943,8 +990,7 @@ class Database:
                 return
             self._open = False
             for col in self._collections.values():
-                if col._builder is not None:
-                    col._builder.join()
+                col.jobs.join()
                 with col._writer:
                     col._checkpoint()
             self._store.close()

@@ -378,7 +378,15 @@ def test_build_index_returns_a_summary_and_keeps_the_scope(loaded, world):
         assert world.visible[t, world.row(res.ids[res.ids >= 0])].all()
         mined = col.mine_hard_negatives(world.queries[t], world.positives[t], tenant=tenant, exact=False)
         assert 0.0 <= mined.recall <= 1.0 and world.visible[t, world.row(mined.ids[mined.ids >= 0])].all()
-    _numbers(col.build_index(background=True))
+    job = col.build_index(background=True)
+    assert job.kind == "build_index" and _finished(col, job).state == "done"
+
+
+def _finished(col, job):
+    """The job once it has ended."""
+    while col.job(job.id).running:
+        time.sleep(0.01)
+    return col.job(job.id)
 
 
 def test_configure_returns_the_settings(loaded):
@@ -415,7 +423,9 @@ def test_index_and_compression_calls_are_congruent(both, world):
         "configure refined": lambda c: c.get_collection("train").configure(refined_tree=1),
         "configure refined=2": lambda c: c.get_collection("train").configure(refined_tree=2),
         "build_index": lambda c: sorted(c.get_collection("train").build_index()),
-        "build_index, background": lambda c: c.get_collection("train").build_index(background=True),
+        "build_index, background": lambda c: (
+            _finished(c.get_collection("train"), c.get_collection("train").build_index(background=True)).state
+        ),
         "train float32": lambda c: c.get_collection("train").train_compression(world.queries[0]),
         "train wrong dim": lambda c: c.get_collection("train").train_compression(world.queries[0][:, :3]),
     }

@@ -424,9 +424,9 @@ def test_a_stale_index_is_rebuilt_in_the_background_and_a_failed_build_is_visibl
     q = rng.standard_normal((2, 8)).astype(np.float32)
     res = col.search(q, k=5, tenant="a", principal=ADMIN)  # served (exactly) meanwhile
     assert (res.ids >= 0).all()
-    col._builder.join(30)
+    col.jobs.wait(30)
     stats = col.stats()
-    assert stats["build_failures"] == 1 and "disk on fire" in stats["build_error"]
+    assert stats["build_failures"] == 1 and "disk on fire" in stats["build"]["error"]
     assert col.count(tenant="a", principal=ADMIN) == 3000
     db.close()
 

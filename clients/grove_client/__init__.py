@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import *  # noqa: F403
 from engine.errors import __all__ as _errors_all
+from engine.jobs import JobStatus
 from engine.types import LVQ, PRF, CollectionInfo, LeanVec, SearchResult
 from grove_client.client import Client, Collection, DynamicNegativesSession
 
@@ -26,6 +27,7 @@ __all__ = [
     "Collection",
     "CollectionInfo",
     "SearchResult",
+    "JobStatus",
     "LVQ",
     "LeanVec",
     "PRF",

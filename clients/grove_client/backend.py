@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from engine.jobs import JobStatus
 from engine.types import PRF, CollectionInfo, Compression, SearchResult
 
 if TYPE_CHECKING:
@@ -58,10 +59,12 @@ class Backend(ABC):
     def stats(self, collection: str) -> dict: ...
 
     @abstractmethod
-    def build_index(self, collection: str, background: bool) -> dict: ...
+    def start_job(self, collection: str, kind: str, query_sample=None) -> JobStatus:
+        """Start ``kind`` (``"build_index"`` or ``"train_compression"``) in the background; its status now."""
 
     @abstractmethod
-    def train_compression(self, collection: str, query_sample) -> dict: ...
+    def job(self, collection: str, job_id: int) -> JobStatus:
+        """Job ``job_id`` of the collection (0: the current or last one)."""
 
     @abstractmethod
     def configure(self, collection: str, settings: dict) -> dict:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import FailedPrecondition, InvalidArgument
+from engine.jobs import JobStatus
 from engine.types import PRF, CollectionInfo, Compression, SearchResult
 from grove_client.backend import Backend, NegativesSession
+from grove_client.follow import follow
 
 if TYPE_CHECKING:
     from engine.training import DynamicBatch, MinedNegatives
@@ -70,7 +72,13 @@ class Collection:
 
         ``ids`` int64 ``[m, k]`` and ``scores`` float32 ``[m, k]``, best first, padded with id -1 where the
         tenant sees fewer than k. Scores: higher is better for ``ip``/``cosine``; for ``l2`` the Euclidean
-        distance, lower is better. ``ef`` is the index's recall knob (None: its default). ``prf``, a
+        distance, lower is better. ``k`` is 1 to 10,000 (``engine.validate.MAX_K``).
+
+        ``ef`` is the index's recall knob, counted in *vectors*: the search stops once ``ef`` candidates
+        scanned in a row left its top list unchanged, so a larger ``ef`` reads more of the tenant's vectors
+        (slower, higher recall). None (the default) uses 512, or a share of a large tenant's size where that is
+        more (``CuratorIndex.search``); tenants of at most a few thousand vectors, and collections not yet
+        indexed, are searched exactly whatever ``ef``. At most 2^20. ``prf``, a
         ``PRF(depth=3, alpha=1.0, beta=0.1)``, searches again with each query moved toward its top ``depth``
         results, :math:`q' = \\alpha q + \\beta\\,\\mathrm{mean}(\\text{top})`, renormalised to the norm of
         :math:`q` (vector pseudo-relevance feedback; helps small encoders at the cost of a second search).
@@ -82,24 +90,44 @@ class Collection:
         return self._backend.count(self.name, tenant)
 
     def stats(self) -> dict:
-        """Vector and tenant counts and the bytes each in-memory component holds."""
+        """Vector and tenant counts, the bytes each in-memory component holds (admin only), and ``build``: the
+        collection's current or last job (``state`` idle/running/done/failed, ``progress`` 0..1, ``phase``,
+        ``started``/``finished`` Unix times, ``error``)."""
         return self._backend.stats(self.name)
 
     # ----------------------------------------------------------------------------------- index and compression
-    def build_index(self, *, background: bool = False) -> dict:
+    def build_index(self, *, background: bool = False, progress: bool | None = None) -> dict | JobStatus:
         """Train (or retrain) the collection's index from its stored vectors and swap it in atomically (admin
-        only); returns a summary. Searches go on against the old index meanwhile. ``background=True`` returns
-        at once and builds in a thread (of the server, remote). Collections index themselves once they hold
-        enough vectors; this indexes earlier, or retrains one whose data drifted."""
-        return self._backend.build_index(self.name, background)
+        only). Searches go on against the old index meanwhile. Collections index themselves once they hold
+        enough vectors; this indexes earlier, or retrains one whose data drifted.
 
-    def train_compression(self, query_sample=None) -> dict:
-        """(Re)learn the collection's LeanVec projection (admin only); returns a summary.
+        Returns the build's summary once it is done (a progress bar shows in a terminal, or with
+        ``progress=True``; remote, the client follows the server's job, so no call deadline cuts a long build
+        short). ``background=True`` returns the ``JobStatus`` at once; ``stats()["build"]`` or ``job()``
+        follows it. While a build or a compression training runs, another is refused (``FailedPrecondition``).
+        """
+        return self._run_job("build_index", None, background, progress)
+
+    def train_compression(
+        self, query_sample=None, *, background: bool = False, progress: bool | None = None
+    ) -> dict | JobStatus:
+        """(Re)learn the collection's compression (admin only); returns a summary, or the job with
+        ``background=True`` (as ``build_index``).
 
         ``query_sample`` float32 ``[n, dim]``: queries like the ones the collection will serve (LeanVec-OOD);
         None uses the collection's reservoir of recent queries (``configure(query_reservoir=...)``).
         """
-        return self._backend.train_compression(self.name, query_sample)
+        return self._run_job("train_compression", query_sample, background, progress)
+
+    def job(self, job_id: int = 0) -> JobStatus:
+        """The collection's job ``job_id`` (as returned by a background start), or its current or last one."""
+        return self._backend.job(self.name, job_id)
+
+    def _run_job(self, kind: str, query_sample, background: bool, progress: bool | None) -> dict | JobStatus:
+        started = self._backend.start_job(self.name, kind, query_sample)
+        if background:
+            return started
+        return follow(started, lambda job_id: self._backend.job(self.name, job_id), progress=progress)
 
     def configure(
         self,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.db import Database
+from engine.jobs import JobStatus
 from engine.principal import ADMIN
 from engine.training import DynamicBatch, DynamicNegatives, MinedNegatives
 from engine.types import PRF, CollectionInfo, Compression, SearchResult
@@ -64,11 +65,14 @@ class EmbeddedBackend(Backend):
     def stats(self, collection: str) -> dict:
         return self._db.get_collection(collection).stats()
 
-    def build_index(self, collection: str, background: bool) -> dict:
-        return self._db.get_collection(collection).build_index(background=background)
+    def start_job(self, collection: str, kind: str, query_sample=None) -> JobStatus:
+        col = self._db.get_collection(collection)
+        if kind == "build_index":
+            return col.build_index(background=True)
+        return col.train_compression(query_sample, background=True)
 
-    def train_compression(self, collection: str, query_sample) -> dict:
-        return self._db.get_collection(collection).train_compression(query_sample)
+    def job(self, collection: str, job_id: int) -> JobStatus:
+        return self._db.get_collection(collection).jobs.status(job_id)
 
     def configure(self, collection: str, settings: dict) -> dict:
         return self._db.get_collection(collection).configure(**settings)

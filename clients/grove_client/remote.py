@@ -19,6 +19,7 @@ import numpy as np
 
 from engine import validate
 from engine.errors import DeadlineExceeded, FailedPrecondition, GroveError, InvalidArgument, Unavailable
+from engine.jobs import JobStatus
 from engine.rpc import convert, status
 from engine.rpc.pb import grove_pb2 as pb
 from engine.rpc.pb import grove_pb2_grpc
@@ -211,16 +212,21 @@ class RemoteBackend(Backend):
         return convert.stats_from_pb(self._call(self._stub.Stats, request))
 
     # ------------------------------------------------------------------------------------- index and compression
-    def build_index(self, collection: str, background: bool) -> dict:
-        request = self._request(pb.BuildIndexRequest, collection, field="collection")
-        request.background = bool(background)
-        return convert.summary_from_pb(self._call(self._stub.BuildIndex, request))
-
-    def train_compression(self, collection: str, query_sample) -> dict:
+    def start_job(self, collection: str, kind: str, query_sample=None) -> JobStatus:
+        if kind == "build_index":
+            request = self._request(pb.BuildIndexRequest, collection, field="collection")
+            request.background = True
+            return convert.job_from_pb(self._call(self._stub.BuildIndex, request))
         request = self._request(pb.TrainCompressionRequest, collection, field="collection")
+        request.background = True
         if query_sample is not None:
             convert.matrix_to_pb(convert.as_matrix(query_sample, "query_sample"), request.query_sample)
-        return convert.summary_from_pb(self._call(self._stub.TrainCompression, request))
+        return convert.job_from_pb(self._call(self._stub.TrainCompression, request))
+
+    def job(self, collection: str, job_id: int) -> JobStatus:
+        request = self._request(pb.GetJobRequest, collection, field="collection")
+        request.id = int(job_id)
+        return convert.job_from_pb(self._call(self._stub.GetJob, request))
 
     def configure(self, collection: str, settings: dict) -> dict:
         request = self._request(pb.ConfigureRequest, collection, field="collection")

@@ -16,10 +16,20 @@ import grpc
 from engine.errors import PermissionDenied, Unauthenticated, Unavailable
 from engine.principal import ADMIN, Principal
 from engine.rpc.guard import behaviour_of, rebuild
+from engine.rpc.observe import note_caller
 from engine.rpc.streams import StreamGate
 
 ADMIN_ONLY = frozenset(
-    {"CreateCollection", "DropCollection", "CreateTenantKey", "Stats", "BuildIndex", "TrainCompression", "Configure"}
+    {
+        "CreateCollection",
+        "DropCollection",
+        "CreateTenantKey",
+        "Stats",
+        "BuildIndex",
+        "TrainCompression",
+        "GetJob",
+        "Configure",
+    }
 )
 #: how long a call that arrives while the store loads waits for it (at most its own deadline) before UNAVAILABLE
 LOAD_WAIT_SECONDS = 300.0
@@ -38,6 +48,7 @@ def _check(who: Principal, request: object) -> object:
     named = getattr(request, "tenant", "")
     if who is not ADMIN and named and named != who:
         raise PermissionDenied(f"this API key acts only as tenant {who!r}, not as {named!r}")
+    note_caller(who, request)
     return request
 
 
@@ -66,6 +77,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 if not db.wait_loaded(LOAD_WAIT_SECONDS if remaining is None else min(remaining, LOAD_WAIT_SECONDS)):
                     raise Unavailable("the server is still loading its store; retry shortly")
             who = db.authenticate(key)
+            note_caller(who, None)
             if admin_only and who is not ADMIN:
                 raise PermissionDenied(f"{method} needs the admin key; a tenant key cannot call it")
             if handler.request_streaming:

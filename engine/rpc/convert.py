@@ -18,6 +18,7 @@ import numpy as np
 
 from engine import validate
 from engine.errors import GroveError, InvalidArgument
+from engine.jobs import DONE, IDLE, JobStatus
 from engine.rpc.pb import grove_pb2 as pb
 from engine.training import _select
 from engine.training.dynamic import DynamicBatch
@@ -217,11 +218,14 @@ def search_result_from_pb(msg: pb.SearchResponse) -> SearchResult:
     return SearchResult(ids, scores)
 
 
-# --------------------------------------------------------------------------------------------- stats
+# --------------------------------------------------------------------------------------------- stats and jobs
 def stats_to_pb(stats: dict) -> pb.StatsResponse:
+    """Stats -> ``StatsResponse``: numbers and texts by name; ``stats["build"]`` (a job's dict) as ``build``."""
     msg = pb.StatsResponse()
     for key, value in stats.items():
-        if isinstance(value, str):
+        if key == "build":
+            job_to_pb(JobStatus(**value), msg.build)
+        elif isinstance(value, str):
             msg.texts[key] = value
         elif isinstance(value, (bool, int, np.integer)):
             msg.ints[key] = int(value)
@@ -231,11 +235,38 @@ def stats_to_pb(stats: dict) -> pb.StatsResponse:
 
 
 def stats_from_pb(msg: pb.StatsResponse) -> dict:
-    """The stats dict, keys sorted (protobuf maps keep no order)."""
+    """The stats dict, keys sorted (protobuf maps keep no order); ``build`` as the engine's dict."""
     out: dict = dict(msg.ints)
     out.update(msg.floats)
     out.update(msg.texts)
+    out["build"] = job_from_pb(msg.build).as_dict()
     return dict(sorted(out.items()))
+
+
+def job_to_pb(job: JobStatus, out: pb.Job | None = None) -> pb.Job:
+    msg = pb.Job() if out is None else out
+    msg.id, msg.kind, msg.state, msg.progress, msg.phase = job.id, job.kind, job.state, job.progress, job.phase
+    msg.started, msg.finished = job.started or 0.0, job.finished or 0.0
+    msg.error, msg.error_code, msg.automatic = job.error or "", job.error_code or "", job.automatic
+    if job.result is not None:
+        summary_to_pb(job.result, msg.result)
+    return msg
+
+
+def job_from_pb(msg: pb.Job) -> JobStatus:
+    return JobStatus(
+        id=msg.id,
+        kind=msg.kind,
+        state=msg.state or IDLE,
+        progress=msg.progress,
+        phase=msg.phase,
+        started=msg.started or None,
+        finished=msg.finished or None,
+        error=msg.error or None,
+        error_code=msg.error_code or None,
+        result=summary_from_pb(msg.result) if msg.state == DONE else None,
+        automatic=msg.automatic,
+    )
 
 
 # --------------------------------------------------------------------------------------------- summaries

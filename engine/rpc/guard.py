@@ -1,4 +1,6 @@
-"""Server interceptor: malformed protobuf -> INVALID_ARGUMENT, GroveError -> its status, any other error -> INTERNAL."""
+"""Server interceptor: malformed protobuf -> INVALID_ARGUMENT, GroveError -> its status, any other error -> INTERNAL;
+and the place every call is observed (``engine.rpc.observe``: metrics and the access log), since it sees the
+bytes in, the bytes out (it serialises answers itself) and the status of each call."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import grpc
 
 from engine.errors import GroveError, InvalidArgument
 from engine.rpc import status
+from engine.rpc.observe import Observer
 
 _log = logging.getLogger("grove.rpc")
 _MAKERS = {
@@ -45,6 +48,16 @@ def behaviour_of(handler: grpc.RpcMethodHandler) -> Callable:
     return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
 
+def code_of(exc: BaseException, context: grpc.ServicerContext) -> str:
+    """The status code name a failure ends its call with (as ``_fail`` ends it)."""
+    if isinstance(exc, GroveError):
+        return status.to_status(exc).name
+    if isinstance(exc, grpc.RpcError):
+        return "CANCELLED"
+    code = context.code()
+    return code.name if code not in (None, grpc.StatusCode.OK) else "INTERNAL"
+
+
 def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the call with the status of ``exc`` (``context.abort`` raises); the server keeps serving."""
     if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
@@ -56,10 +69,12 @@ def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
 
 
 class GuardInterceptor(grpc.ServerInterceptor):
-    """Deserialises requests itself (so a bad message is the caller's error) and maps every failure to a status."""
+    """Deserialises requests and serialises answers itself (so a bad message is the caller's error, and both
+    sizes are known), maps every failure to a status, and reports each call to ``observer``."""
 
-    def __init__(self, prefix: str = "/grove.") -> None:
+    def __init__(self, prefix: str = "/grove.", observer: Observer | None = None) -> None:
         self._prefix = prefix
+        self._observer = observer or Observer(access_log=False)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -67,26 +82,48 @@ class GuardInterceptor(grpc.ServerInterceptor):
         if handler is None or not method.startswith(self._prefix) or handler.request_deserializer is None:
             return handler
         inner, deserialize = behaviour_of(handler), handler.request_deserializer
+        serialize = passing_bytes(handler.response_serializer)
+        rpc, observer = method.rsplit("/", 1)[-1], self._observer
 
-        def parse(raw: bytes) -> object:
+        def parse(raw: bytes, record) -> object:
+            record.bytes_in += len(raw)
             try:
                 return deserialize(raw)
             except Exception as exc:  # noqa: BLE001 - any decode failure is the caller's malformed message
                 raise InvalidArgument(f"the request to {method} is not a valid protobuf message ({exc})") from None
 
-        def parse_in(arg):
-            return (parse(raw) for raw in arg) if handler.request_streaming else parse(arg)
+        def parse_in(arg, record):
+            return (parse(raw, record) for raw in arg) if handler.request_streaming else parse(arg, record)
+
+        def emit(response, record) -> bytes:
+            out = serialize(response)
+            record.bytes_out += len(out)
+            return out
 
         def call(arg, context):
+            record, token = observer.begin(rpc)
+            code = "OK"
             try:
-                return inner(parse_in(arg), context)
+                return emit(inner(parse_in(arg, record), context), record)
             except Exception as exc:  # noqa: BLE001 - mapped to a status by _fail
+                code = code_of(exc, context)
                 _fail(context, exc, method)
+            finally:
+                observer.end(record, token, code)
 
         def stream(arg, context):
+            record, token = observer.begin(rpc)
+            code = "OK"
             try:
-                yield from inner(parse_in(arg), context)
+                for response in inner(parse_in(arg, record), context):
+                    yield emit(response, record)
             except Exception as exc:  # noqa: BLE001 - mapped to a status by _fail
+                code = code_of(exc, context)
                 _fail(context, exc, method)
+            except GeneratorExit:
+                code = "CANCELLED"
+                raise
+            finally:
+                observer.end(record, token, code)
 
         return rebuild(handler, call, stream, deserializer=None)

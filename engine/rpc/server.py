@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.errors import Unavailable
 from engine.rpc.auth import AuthInterceptor
 from engine.rpc.guard import GuardInterceptor
+from engine.rpc.observe import Metrics, Observer
 from engine.rpc.pb import grove_pb2, grove_pb2_grpc
 from engine.rpc.servicer import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAM_BYTES, GroveServicer
 from engine.rpc.streams import (
@@ -58,6 +59,8 @@ def create_server(
     stream_idle_seconds: float = DEFAULT_STREAM_IDLE_SECONDS,
     tls: tuple[str | Path, str | Path] | None = None,
     health_servicer: health.HealthServicer | None = None,
+    observer: Observer | None = None,
+    gate: StreamGate | None = None,
 ) -> tuple[grpc.Server, int]:
     """A gRPC server (not started) serving ``db``, and the port it is bound to.
 
@@ -74,6 +77,8 @@ def create_server(
     tls : ``(cert_file, key_file)`` PEM paths to serve TLS; None serves plaintext.
     health_servicer : the health service to register (``serve`` passes its own to flip it). It says SERVING
         once ``db`` is loaded, NOT_SERVING before (``mark_serving`` flips it).
+    observer : what records each call (metrics, access log); default: nothing.
+    gate : the stream admission to use (``serve`` shares it with the metrics); default: one from the limits.
 
     Returns
     -------
@@ -84,11 +89,12 @@ def create_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    gate = StreamGate(per_principal=max_streams_per_key, total=max_streams, idle_seconds=stream_idle_seconds)
-    threads = (max_workers or _default_workers()) + max_streams
+    if gate is None:
+        gate = StreamGate(per_principal=max_streams_per_key, total=max_streams, idle_seconds=stream_idle_seconds)
+    threads = (max_workers or _default_workers()) + gate.total
     server = grpc.server(
         ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grove-rpc"),
-        interceptors=[GuardInterceptor(), AuthInterceptor(db, gate)],
+        interceptors=[GuardInterceptor(observer=observer), AuthInterceptor(db, gate)],
         options=options,
     )
     servicer = GroveServicer(db, max_stream_bytes=max_stream_bytes, max_message_bytes=max_message_bytes)
@@ -143,6 +149,14 @@ def serve(
     *,
     grace: float = 10.0,
     before_start: Callable[[], None] | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
+    metrics_tenant_labels: bool = False,
+    access_log: bool = True,
+    warm: Callable[[], None] | None = None,
+    max_streams: int = DEFAULT_STREAMS_TOTAL,
+    max_streams_per_key: int = DEFAULT_STREAMS_PER_PRINCIPAL,
+    stream_idle_seconds: float = DEFAULT_STREAM_IDLE_SECONDS,
     **options,
 ) -> None:
     """Serve ``db`` until SIGTERM or SIGINT, then shut down gracefully and close (flush) the database.
@@ -153,20 +167,44 @@ def serve(
     then says SERVING. Shutdown: health turns NOT_SERVING (load balancers stop routing), new calls are refused,
     calls in flight get ``grace`` seconds to finish, then ``db.close()`` flushes RocksDB. Call from the main
     thread. ``options`` are those of ``create_server``. Prints ``grove: serving on HOST:PORT`` once listening.
+
+    With ``metrics_port``, Prometheus metrics are served at ``http://METRICS_HOST:METRICS_PORT/metrics``
+    (``metrics_host`` defaults to the gRPC host); ``access_log`` logs one line per call (``grove.access``).
+    ``warm`` runs in a thread once listening (the CLI loads or compiles the kernels there), beside the load.
     """
     return_large_frees_to_the_os()
     health_servicer = health.HealthServicer()
-    server, port = create_server(db, address, health_servicer=health_servicer, **options)
+    gate = StreamGate(per_principal=max_streams_per_key, total=max_streams, idle_seconds=stream_idle_seconds)
+    metrics = Metrics(db, gate, tenant_labels=metrics_tenant_labels) if metrics_port is not None else None
+    observer = Observer(metrics, access_log=access_log)
+    server, port = create_server(
+        db, address, health_servicer=health_servicer, observer=observer, gate=gate, **options
+    )  # fmt: skip
+    host = address.rsplit(":", 1)[0]
+    if metrics is not None:
+        try:
+            metrics_port = metrics.serve(metrics_host or host.strip("[]"), metrics_port)
+        except OSError as exc:
+            server.stop(None)
+            raise Unavailable(f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}") from None
     if before_start is not None:
         before_start()
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     server.start()
     tls = "TLS" if options.get("tls") else "plaintext, no TLS"
-    print(f"grove: serving on {address.rsplit(':', 1)[0]}:{port} ({tls})", flush=True)
+    print(f"grove: serving on {host}:{port} ({tls})", flush=True)
+    if metrics is not None:
+        print(f"grove: metrics on http://{metrics_host or host}:{metrics_port}/metrics", flush=True)
+    warming = None
+    if warm is not None:
+        warming = threading.Thread(target=warm, name="grove-warm", daemon=True)
+        warming.start()
     try:
         t0 = time.perf_counter()
         db.load()
+        if warming is not None:
+            warming.join()
         mark_serving(health_servicer, True)
         print(
             f"grove: ready ({len(db.list_collections())} collections loaded in {time.perf_counter() - t0:.1f} s)",
@@ -181,4 +219,6 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         db.close()
+        if metrics is not None:
+            metrics.close()
     print("grove: stopped", flush=True)

@@ -7,6 +7,7 @@ the principal the auth interceptor's (read through ``auth.principal()``).
 from __future__ import annotations
 
 from engine.errors import ResourceExhausted
+from engine.jobs import JobStatus, raise_failure
 from engine.rpc import convert
 from engine.rpc.auth import principal
 from engine.rpc.ingest import StreamBatch
@@ -120,11 +121,15 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
     # ------------------------------------------------------------------------------------- index and compression
     def BuildIndex(self, request, context):
         col = self._db.get_collection(request.collection)
-        return convert.summary_to_pb(col.build_index(background=request.background))
+        return convert.job_to_pb(_followed(col, col.build_index(background=True), request.background))
 
     def TrainCompression(self, request, context):
         col = self._db.get_collection(request.collection)
-        return convert.summary_to_pb(col.train_compression(convert.optional_matrix_from_pb(request, "query_sample")))
+        sample = convert.optional_matrix_from_pb(request, "query_sample")
+        return convert.job_to_pb(_followed(col, col.train_compression(sample, background=True), request.background))
+
+    def GetJob(self, request, context):
+        return convert.job_to_pb(self._db.get_collection(request.collection).jobs.status(request.id))
 
     def Configure(self, request, context):
         col = self._db.get_collection(request.collection)
@@ -152,3 +157,13 @@ class GroveServicer(grove_pb2_grpc.GroveServicer):
         for r in request_iterator:
             outcome = stream.step(r.collection, r.tenant, *convert.dynamic_request_from_pb(r))
             yield convert.dynamic_response_to_pb(stream.session, outcome)
+
+
+def _followed(col, started: JobStatus, background: bool) -> JobStatus:
+    """The job as started (``background``), else as it ended: a failed job is its error's status."""
+    if background:
+        return started
+    col.jobs.wait()
+    final = col.jobs.status(started.id)
+    raise_failure(final)
+    return final

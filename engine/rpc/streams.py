@@ -77,6 +77,14 @@ class StreamGate:
         with self._lock:
             return len(self._open) if who is None else self._by_principal.get(who, 0)
 
+    def open_by_method(self) -> dict[str, int]:
+        """Open streams by RPC name (for metrics)."""
+        with self._lock:
+            out: dict[str, int] = {}
+            for stream in self._open:
+                out[stream.method] = out.get(stream.method, 0) + 1
+            return out
+
     @contextmanager
     def admit(
         self, who: Principal, method: str, cancel: Callable[[], None], *, reapable: bool = True

@@ -245,7 +245,7 @@ class StatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("ints", "floats", "texts")
+    __slots__ = ("ints", "floats", "texts", "build")
     class IntsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -270,10 +270,12 @@ class StatsResponse(_message.Message):
     INTS_FIELD_NUMBER: _ClassVar[int]
     FLOATS_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
     ints: _containers.ScalarMap[str, int]
     floats: _containers.ScalarMap[str, float]
     texts: _containers.ScalarMap[str, str]
-    def __init__(self, ints: _Optional[_Mapping[str, int]] = ..., floats: _Optional[_Mapping[str, float]] = ..., texts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    build: Job
+    def __init__(self, ints: _Optional[_Mapping[str, int]] = ..., floats: _Optional[_Mapping[str, float]] = ..., texts: _Optional[_Mapping[str, str]] = ..., build: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class Summary(_message.Message):
     __slots__ = ("ints", "floats")
@@ -322,12 +324,48 @@ class BuildIndexRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., background: _Optional[bool] = ...) -> None: ...
 
 class TrainCompressionRequest(_message.Message):
-    __slots__ = ("collection", "query_sample")
+    __slots__ = ("collection", "query_sample", "background")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query_sample: Matrix
-    def __init__(self, collection: _Optional[str] = ..., query_sample: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+    background: bool
+    def __init__(self, collection: _Optional[str] = ..., query_sample: _Optional[_Union[Matrix, _Mapping]] = ..., background: _Optional[bool] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "kind", "state", "progress", "phase", "started", "finished", "error", "error_code", "result", "automatic")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    AUTOMATIC_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: str
+    state: str
+    progress: float
+    phase: str
+    started: float
+    finished: float
+    error: str
+    error_code: str
+    result: Summary
+    automatic: bool
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., phase: _Optional[str] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., result: _Optional[_Union[Summary, _Mapping]] = ..., automatic: _Optional[bool] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("collection", "id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    id: int
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
     __slots__ = ("collection", "query_reservoir", "auto_index_rows", "refined_tree")

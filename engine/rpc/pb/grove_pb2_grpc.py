@@ -106,12 +106,17 @@ class GroveStub:
         self.BuildIndex = channel.unary_unary(
                 '/grove.v1.Grove/BuildIndex',
                 request_serializer=grove_dot_v1_dot_grove__pb2.BuildIndexRequest.SerializeToString,
-                response_deserializer=grove_dot_v1_dot_grove__pb2.Summary.FromString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.Job.FromString,
                 _registered_method=True)
         self.TrainCompression = channel.unary_unary(
                 '/grove.v1.Grove/TrainCompression',
                 request_serializer=grove_dot_v1_dot_grove__pb2.TrainCompressionRequest.SerializeToString,
-                response_deserializer=grove_dot_v1_dot_grove__pb2.Summary.FromString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/grove.v1.Grove/GetJob',
+                request_serializer=grove_dot_v1_dot_grove__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=grove_dot_v1_dot_grove__pb2.Job.FromString,
                 _registered_method=True)
         self.Configure = channel.unary_unary(
                 '/grove.v1.Grove/Configure',
@@ -231,6 +236,12 @@ class GroveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Configure(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -321,12 +332,17 @@ def add_GroveServicer_to_server(servicer, server):
             'BuildIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.BuildIndex,
                     request_deserializer=grove_dot_v1_dot_grove__pb2.BuildIndexRequest.FromString,
-                    response_serializer=grove_dot_v1_dot_grove__pb2.Summary.SerializeToString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.Job.SerializeToString,
             ),
             'TrainCompression': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainCompression,
                     request_deserializer=grove_dot_v1_dot_grove__pb2.TrainCompressionRequest.FromString,
-                    response_serializer=grove_dot_v1_dot_grove__pb2.Summary.SerializeToString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=grove_dot_v1_dot_grove__pb2.GetJobRequest.FromString,
+                    response_serializer=grove_dot_v1_dot_grove__pb2.Job.SerializeToString,
             ),
             'Configure': grpc.unary_unary_rpc_method_handler(
                     servicer.Configure,
@@ -723,7 +739,7 @@ class Grove:
             target,
             '/grove.v1.Grove/BuildIndex',
             grove_dot_v1_dot_grove__pb2.BuildIndexRequest.SerializeToString,
-            grove_dot_v1_dot_grove__pb2.Summary.FromString,
+            grove_dot_v1_dot_grove__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -750,7 +766,34 @@ class Grove:
             target,
             '/grove.v1.Grove/TrainCompression',
             grove_dot_v1_dot_grove__pb2.TrainCompressionRequest.SerializeToString,
-            grove_dot_v1_dot_grove__pb2.Summary.FromString,
+            grove_dot_v1_dot_grove__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grove.v1.Grove/GetJob',
+            grove_dot_v1_dot_grove__pb2.GetJobRequest.SerializeToString,
+            grove_dot_v1_dot_grove__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
