@@ -119,18 +119,24 @@ def port_taken(host: str, port: int) -> str | None:
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from engine import logs, warmup
+    from engine import logs
+
+    cfg = _settings(a)
+    c = cfg.section("serve")
+    logs.setup(c["log_level"], c["log_format"])
+    try:
+        return _serve_with(a, cfg)
+    finally:
+        logs.stop()  # what is queued is written before the process ends
+
+
+def _serve_with(a: argparse.Namespace, cfg: config.Config) -> int:
+    from engine import warmup
     from engine.db import Database
     from engine.errors import GroveError
 
-    try:
-        cfg = _settings(a)
-    except config.ConfigError as exc:
-        print(f"grove: {exc}", file=sys.stderr)
-        return 2
-    c = cfg.section("serve")
-    logs.setup(c["log_level"], c["log_format"])
     config.use(cfg)
+    c = cfg.section("serve")
     if (c["tls_cert"] is None) != (c["tls_key"] is None):
         print("grove: --tls-cert and --tls-key go together; give both or neither", file=sys.stderr)
         return 2
@@ -194,11 +200,7 @@ def _serve(a: argparse.Namespace) -> int:
 
 
 def _config(a: argparse.Namespace) -> int:
-    try:
-        cfg = _settings(a)
-    except config.ConfigError as exc:
-        print(f"grove: {exc}", file=sys.stderr)
-        return 2
+    cfg = _settings(a)
     print(cfg.format_table())
     return 0
 
@@ -207,11 +209,7 @@ def _health(a: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    try:
-        c = _settings(a).section("serve")
-    except config.ConfigError as exc:
-        print(f"grove: {exc}", file=sys.stderr)
-        return 2
+    c = _settings(a).section("serve")
     host = "127.0.0.1" if c["host"] in ("0.0.0.0", "::", "") else c["host"]
     target = f"{host}:{c['port']}"
     if c["tls_cert"]:
@@ -231,16 +229,19 @@ def _health(a: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def _warm() -> int:
+def _warm(a: argparse.Namespace) -> int:
     from engine import logs, warmup
 
     logs.setup()
-    config.current()
-    warmup.warm()
+    try:
+        config.current()
+        warmup.warm()
+    finally:
+        logs.stop()
     return 0
 
 
-def _demo() -> int:
+def _demo(a: argparse.Namespace) -> int:
     import tempfile
 
     import numpy as np
@@ -285,15 +286,12 @@ def _demo() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    if a.command == "serve":
-        return _serve(a)
-    if a.command == "config":
-        return _config(a)
-    if a.command == "warm":
-        return _warm()
-    if a.command == "health":
-        return _health(a)
-    return _demo()
+    commands = {"serve": _serve, "config": _config, "warm": _warm, "health": _health, "demo": _demo}
+    try:
+        return commands[a.command](a)
+    except config.ConfigError as exc:  # a bad setting, from the file, the environment or a flag
+        print(f"grove: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "serve.access_log",
         "GROVE_ACCESS_LOG",
-        True,
+        False,
         _bool,
         "one log line per call (RPC, principal kind, tenant, status, duration, bytes; never a key or a vector)",
         "--access-log",

@@ -2,20 +2,66 @@
 
 Grove logs through the standard library under the ``grove`` logger tree (``grove.server``, ``grove.access``,
 ``grove.db``, ...); ``setup`` installs one handler on ``grove`` and leaves the root logger to the host
-application. Structured fields travel as ``extra={"fields": {...}}``: the text format appends them as
-``key=value``, the JSON format puts them beside ``ts``, ``level``, ``logger`` and ``msg``.
+application. The handler never blocks the server: records go through a bounded queue to a writer thread, and
+when the sink does not keep up (a pipe nobody reads, a slow disk) new records are dropped and counted
+(``dropped()``) instead of stalling the threads that answer calls. Structured fields travel as
+``extra={"fields": {...}}``: the text format appends them as ``key=value``, the JSON format puts them beside
+``ts``, ``level``, ``logger`` and ``msg``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any, TextIO
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 ROOT = "grove"
+#: records waiting for the writer thread at most; more are dropped
+QUEUE_RECORDS = 10_000
+#: seconds ``stop`` waits for a stuck sink
+STOP_WAIT = 5.0
+_listener: QueueListener | None = None
+_dropped = 0
+
+
+class _DroppingQueueHandler(QueueHandler):
+    """A ``QueueHandler`` that drops (and counts) a record when the queue is full, rather than block or fail."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        global _dropped
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            _dropped += 1
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record  # formatted by the writer thread's handler (QueueHandler would format it here)
+
+
+class _Listener(QueueListener):
+    """Stops after what is queued is written, waiting at most ``STOP_WAIT`` seconds for room in a full queue."""
+
+    def enqueue_sentinel(self) -> None:
+        try:
+            self.queue.put(self._sentinel, timeout=STOP_WAIT)
+        except queue.Full:
+            pass  # the sink is stuck: give up on the rest (the writer thread is a daemon)
+
+    def stop(self) -> None:
+        self.enqueue_sentinel()
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT)
+        self._thread = None
+
+
+def dropped() -> int:
+    """Log records dropped so far because the sink did not keep up."""
+    return _dropped
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -56,15 +102,29 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> logging.Logger:
-    """Send the ``grove`` loggers to ``stream`` (default stderr) at ``level`` in ``fmt`` (``text``/``json``);
-    replaces a handler an earlier call installed. Returns the ``grove`` logger."""
+    """Send the ``grove`` loggers to ``stream`` (default stderr) at ``level`` in ``fmt`` (``text``/``json``),
+    through the non-blocking queue; replaces what an earlier call installed. Returns the ``grove`` logger."""
+    global _listener
     log = logging.getLogger(ROOT)
+    stop()
     for h in [h for h in log.handlers if getattr(h, "grove", False)]:
         log.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    writer = logging.StreamHandler(stream or sys.stderr)
+    writer.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    records: queue.Queue = queue.Queue(QUEUE_RECORDS)
+    handler = _DroppingQueueHandler(records)
     handler.grove = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _listener = _Listener(records, writer)
+    _listener.start()
     log.addHandler(handler)
     log.setLevel(LEVELS[level])
     log.propagate = False
     return log
+
+
+def stop() -> None:
+    """Write out what is queued and stop the writer thread (at shutdown; ``setup`` starts a new one)."""
+    global _listener
+    if _listener is not None:
+        listener, _listener = _listener, None
+        listener.stop()

@@ -134,7 +134,7 @@ def test_each_call_leaves_one_access_log_line_with_who_what_and_how_it_ended_but
             tenant.get_collection("docs").search(x[:1, :4], k=3, tenant="acme")
     finally:
         srv.stop()
-        logs.setup()
+        logs.stop()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     calls = [r for r in lines if r["logger"] == "grove.access"]
     searches = [r for r in calls if r["rpc"] == "Search"]
@@ -146,6 +146,30 @@ def test_each_call_leaves_one_access_log_line_with_who_what_and_how_it_ended_but
     raw = stream.getvalue()
     assert GROVE_ADMIN_KEY not in raw and key not in raw
     assert x[0].tobytes().hex()[:16] not in raw and str(float(x[0, 0]))[:8] not in raw
+
+
+def test_a_log_sink_that_does_not_keep_up_drops_records_instead_of_blocking_the_server():
+    class StuckStream(io.StringIO):
+        """A pipe nobody reads: every write waits."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.release.wait(30)
+            return super().write(text)
+
+    stuck = StuckStream()
+    log = logs.setup("info", "text", stuck)
+    before = logs.dropped()
+    t0 = time.perf_counter()
+    for i in range(logs.QUEUE_RECORDS + 500):
+        log.info("record %d", i)
+    assert time.perf_counter() - t0 < 10 and logs.dropped() - before >= 499
+    stuck.release.set()
+    logs.stop()
+    assert "record 0" in stuck.getvalue()
 
 
 # ============================================================================ metrics
@@ -299,7 +323,7 @@ def test_grove_serve_logs_json_serves_metrics_and_says_when_the_kernels_are_read
     grove = Path(sys.executable).parent / "grove"
     proc = subprocess.Popen(
         [str(grove), "serve", "--path", str(tmp_path / "s"), "--port", str(port), "--admin-key", GROVE_ADMIN_KEY,
-         "--metrics-port", str(mport), "--log-format", "json"],
+         "--metrics-port", str(mport), "--log-format", "json", "--access-log"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from engine import logs
 from engine.principal import ADMIN, Principal
 
 _access = logging.getLogger("grove.access")
@@ -82,10 +83,12 @@ class EngineCollector:
                         jobs.add_metric([info.name, kind, outcome], n)
                     seconds.add_metric([info.name, kind], tally.seconds)
                     running.add_metric([info.name, kind], int(current.running and current.kind == kind))
+        dropped = CounterMetricFamily("grove_log_records_dropped", "log records dropped: the log sink fell behind")
+        dropped.add_metric([], logs.dropped())
         streams = GaugeMetricFamily("grove_open_streams", "streaming calls open now", labels=["rpc"])
         for method, n in sorted(self._gate.open_by_method().items()):
             streams.add_metric([method], n)
-        yield from (vectors, tenants, size, jobs, seconds, running, streams)
+        yield from (vectors, tenants, size, jobs, seconds, running, streams, dropped)
 
 
 class Metrics:

@@ -152,7 +152,7 @@ def serve(
     metrics_port: int | None = None,
     metrics_host: str | None = None,
     metrics_tenant_labels: bool = False,
-    access_log: bool = True,
+    access_log: bool = False,
     warm: Callable[[], None] | None = None,
     max_streams: int = DEFAULT_STREAMS_TOTAL,
     max_streams_per_key: int = DEFAULT_STREAMS_PER_PRINCIPAL,
