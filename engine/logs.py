@@ -105,10 +105,8 @@ def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) 
     """Send the ``grove`` loggers to ``stream`` (default stderr) at ``level`` in ``fmt`` (``text``/``json``),
     through the non-blocking queue; replaces what an earlier call installed. Returns the ``grove`` logger."""
     global _listener
-    log = logging.getLogger(ROOT)
     stop()
-    for h in [h for h in log.handlers if getattr(h, "grove", False)]:
-        log.removeHandler(h)
+    log = logging.getLogger(ROOT)
     writer = logging.StreamHandler(stream or sys.stderr)
     writer.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     records: queue.Queue = queue.Queue(QUEUE_RECORDS)
@@ -123,8 +121,14 @@ def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) 
 
 
 def stop() -> None:
-    """Write out what is queued and stop the writer thread (at shutdown; ``setup`` starts a new one)."""
+    """Write out what is queued, stop the writer thread and undo ``setup`` (the ``grove`` loggers propagate to
+    the root logger again, as before it)."""
     global _listener
     if _listener is not None:
         listener, _listener = _listener, None
         listener.stop()
+    log = logging.getLogger(ROOT)
+    for h in [h for h in log.handlers if getattr(h, "grove", False)]:
+        log.removeHandler(h)
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
