@@ -886,9 +886,7 @@ class Database:
             index = col._load()
             fields = {"collection": info.name, "vectors": len(col.table), "index": index}
             fields["seconds"] = round(time.perf_counter() - t1, 2)
-            _log.info(
-                "loaded collection %r: %d vectors, index %s", info.name, len(col.table), index, extra={"fields": fields}
-            )
+            _log.info("loaded collection %r", info.name, extra={"fields": fields})
             self._collections[info.name] = col
         if found:
             _log.info("loaded %d collections in %.1f s", len(found), time.perf_counter() - t0)
