@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from engine import apikeys, kernels, validate, warmup
 from engine.errors import (
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -49,6 +51,9 @@ from engine.training import negatives
 from engine.training.dynamic import DynamicNegatives
 from engine.training.prf import prf_queries
 from engine.types import LVQ, PRF, CollectionInfo, Compression, LeanVec, SearchResult
+
+if TYPE_CHECKING:
+    from engine.training.search import ScopedVectors
 
 #: a collection is indexed (Curator) automatically once it holds this many vectors; below it every search is
 #: exact (a scan of the tenant's rows: at most this many, a few milliseconds). ``build_index()`` indexes
@@ -410,8 +415,8 @@ class Collection:
         default (``GROVE_TREE_BUILD``) applies, else the index's choice: refined when one tenant sees at least
         half of the vectors (``engine.index.curator.REFINED_TENANT_SHARE``), else top down.
         """
-        given = {"query_reservoir": query_reservoir, "auto_index_rows": auto_index_rows, "refined_tree": refined_tree}
-        given = {name: value for name, value in given.items() if value is not None}
+        options = {"query_reservoir": query_reservoir, "auto_index_rows": auto_index_rows, "refined_tree": refined_tree}
+        given = {name: value for name, value in options.items() if value is not None}
         for name, value in given.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgument(f"{name} must be a non-negative integer, got {value!r}")
@@ -498,7 +503,7 @@ class Collection:
         codec = build_codec(config, self._originals(pick), query_sample, metric=self.metric)
         progress(0.3, "encoding the vectors")
         table = self.table.compressed(codec, self._originals)  # from the originals, never from older codes
-        index = None
+        index: FlatIndex | CuratorIndex | None = None
         if self._indexed():
             index = CuratorIndex.build(
                 table, self.metric, table.visible_rows(), tree_build=self.tree_build,
@@ -530,7 +535,10 @@ class Collection:
         """The float32 vectors of ``slots`` as written (from the store), prepared for the metric."""
         owners, ids = self.table.owner[slots].tolist(), self.table.ids[slots].tolist()
         raw = self._store.get_many([keys.vector(self.no, o, i) for o, i in zip(owners, ids)])
-        vecs = np.frombuffer(b"".join(raw), "<f4").reshape(len(raw), self.dim)
+        found = [value for value in raw if value is not None]
+        if len(found) != len(raw):
+            raise Internal(f"{len(raw) - len(found)} vectors of collection {self.name!r} are missing from the store")
+        vecs = np.frombuffer(b"".join(found), "<f4").reshape(len(raw), self.dim)
         return metrics.prepare(self.metric, vecs.astype(np.float32))
 
     # ----------------------------------------------------------------------------------- index lifecycle
@@ -591,11 +599,9 @@ class Collection:
                     return {}
                 return self._build_locked(progress)
 
-        self.jobs.start(
-            "build_index", build, automatic=True, on_error=lambda exc: self._log_failure("build_index", exc)
-        )
+        self.jobs.start_automatic("build_index", build, on_error=lambda exc: self._log_failure("build_index", exc))
 
-    def _checkpoint(self, index: CuratorIndex | None = None) -> None:
+    def _checkpoint(self, index: FlatIndex | CuratorIndex | None = None) -> None:
         """Save the Curator index's arrays and mark them current (caller holds the writer mutex)."""
         index = index or self.index
         if not isinstance(index, CuratorIndex) or self._store.get(self._dirty_key) is not None:
@@ -635,7 +641,7 @@ class Collection:
 
     # ----------------------------------------------------------------------------------- training hooks
     @contextmanager
-    def _tenant_view(self, tenant_no: int | None) -> Iterator[object]:
+    def _tenant_view(self, tenant_no: int | None) -> Iterator[ScopedVectors]:
         """Exact search and scoring over what the tenant sees, consistent while the read lock is held."""
         from engine.training.search import ScopedVectors
 
@@ -742,7 +748,7 @@ class Collection:
             parts = {**self.table.nbytes(), **self.index.nbytes()}
             owners = set(np.unique(self.table.owner[self.table.owner >= 0]).tolist())
             n_tenants = len(owners | self.table.grants.tenants())
-            out = {"vectors": len(self.table), "tenants": n_tenants, "dim": self.dim}
+            out: dict[str, Any] = {"vectors": len(self.table), "tenants": n_tenants, "dim": self.dim}
             codec = self.table.codec
             out["compressed"] = int(codec is not None)
             tree = getattr(self.index, "tree", None)  # (none before the collection is indexed)
@@ -915,6 +921,8 @@ class Database:
 
     def _save_settings(self, col: Collection, settings: dict[str, int]) -> None:
         raw = self._store.get(keys.collection(col.name))
+        if raw is None:
+            raise NotFound(f"collection {col.name!r} does not exist")
         meta = json.loads(raw)
         meta["settings"] = settings
         batch = Batch()

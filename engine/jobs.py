@@ -159,26 +159,31 @@ class JobSlot:
         return result
 
     def start(
-        self,
-        kind: str,
-        work: Callable[[Progress], dict[str, float]],
-        *,
-        automatic: bool = False,
-        on_error: Callable[[BaseException], None] | None = None,
-    ) -> JobStatus | None:
-        """Run ``work`` as a job in a thread of its own and return its status at once. A requested start raises
-        ``FailedPrecondition`` while another job runs; an ``automatic`` one returns None instead. ``on_error``
-        sees a failure (to log it): the thread has no caller to raise it to."""
-        if not self._claim(kind, automatic):
-            return None
+        self, kind: str, work: Callable[[Progress], dict[str, float]], *, on_error: Callable[[BaseException], None]
+    ) -> JobStatus:
+        """Run ``work`` as a requested job in a thread of its own and return its status at once; raises
+        ``FailedPrecondition`` while another job runs. ``on_error`` sees a failure (to log it): the thread has
+        no caller to raise it to."""
+        self._claim(kind, automatic=False)
+        return self._launch(kind, work, on_error)
 
+    def start_automatic(
+        self, kind: str, work: Callable[[Progress], dict[str, float]], *, on_error: Callable[[BaseException], None]
+    ) -> JobStatus | None:
+        """``start`` for work the engine decided on: skipped (None) while another job runs."""
+        if not self._claim(kind, automatic=True):
+            return None
+        return self._launch(kind, work, on_error)
+
+    def _launch(
+        self, kind: str, work: Callable[[Progress], dict[str, float]], on_error: Callable[[BaseException], None]
+    ) -> JobStatus:
         def body() -> None:
             try:
                 result = work(self._report)
             except BaseException as exc:  # noqa: BLE001 - recorded in the status; a thread's error would vanish
                 self._finish(None, exc)
-                if on_error is not None:
-                    on_error(exc)
+                on_error(exc)
             else:
                 self._finish(result, None)
 

@@ -17,7 +17,7 @@ import queue
 import sys
 import time
 from logging.handlers import QueueHandler, QueueListener
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 ROOT = "grove"
@@ -48,7 +48,9 @@ class _Listener(QueueListener):
 
     def enqueue_sentinel(self) -> None:
         try:
-            self.queue.put(self._sentinel, timeout=STOP_WAIT)
+            records = cast("queue.Queue[Any]", self.queue)  # setup() passes a queue.Queue
+            # QueueListener._sentinel (None) is CPython's end marker; typeshed does not declare it
+            records.put(self._sentinel, timeout=STOP_WAIT)  # type: ignore[attr-defined]
         except queue.Full:
             pass  # the sink is stuck: give up on the rest (the writer thread is a daemon)
 

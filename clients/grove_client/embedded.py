@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from engine.db import Database
 from engine.jobs import JobStatus
@@ -27,7 +28,7 @@ class EmbeddedBackend(Backend):
         if str(path) == MEMORY:
             self._tmp = tempfile.TemporaryDirectory(prefix="grove-memory-")
             path = self._tmp.name
-        self._db = Database(path)
+        self._db: Database | Closed = Database(path)
 
     def create_collection(self, name: str, dim: int, metric: str, compression: Compression) -> CollectionInfo:
         return self._db.create_collection(name, dim=dim, metric=metric, compression=compression).info
@@ -68,8 +69,8 @@ class EmbeddedBackend(Backend):
     def start_job(self, collection: str, kind: str, query_sample=None) -> JobStatus:
         col = self._db.get_collection(collection)
         if kind == "build_index":
-            return col.build_index(background=True)
-        return col.train_compression(query_sample, background=True)
+            return cast(JobStatus, col.build_index(background=True))  # background: the job's status
+        return cast(JobStatus, col.train_compression(query_sample, background=True))
 
     def job(self, collection: str, job_id: int) -> JobStatus:
         return self._db.get_collection(collection).jobs.status(job_id)
@@ -101,7 +102,7 @@ class _EmbeddedSession(NegativesSession):
     """The engine's own ``DynamicNegatives``, in this process."""
 
     def __init__(self, session: DynamicNegatives) -> None:
-        self._session = session
+        self._session: DynamicNegatives | Closed = session
         self.k = session.k
 
     def negatives(self, query_ids, embeddings) -> DynamicBatch:

@@ -57,6 +57,7 @@ parallel with each other (the kernels release the GIL).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -687,7 +688,7 @@ class CuratorIndex:
             raw = np.asarray(state["params"], np.float64)
             if raw.shape != (len(_PARAMS),):
                 raise ValueError(f"index state has {raw.shape} parameters, expected {len(_PARAMS)}")
-            kw = {p: (float(v) if p == "variance_boost" else int(v)) for p, v in zip(_PARAMS, raw)}
+            kw: dict[str, Any] = {p: (float(v) if p == "variance_boost" else int(v)) for p, v in zip(_PARAMS, raw)}
             tree = ClusterTree.from_state({k[5:]: v for k, v in state.items() if k.startswith("tree_")})
             pca = table.codec is None
             scan = PCACodes.from_state({k: state[f"codec_{k}"] for k in ("proj", "poff", "scale")}) if pca else None
@@ -700,7 +701,7 @@ class CuratorIndex:
         except KeyError as e:
             raise ValueError(f"index state lacks {e}; rebuild the index from the table") from None
         d = table.dim
-        if tree.centroids.shape[1] != d or (pca and scan.proj.shape[1] != d):
+        if tree.centroids.shape[1] != d or (scan is not None and scan.proj.shape[1] != d):
             raise ValueError(f"index state is for another dimension than the table's {d}")
         if (
             ids.shape != rank.shape
@@ -721,7 +722,9 @@ class CuratorIndex:
             raise ValueError("index state places rows no tenant sees")
         idx = cls(table, metric, **kw)
         idx._ensure(int(slots.max()) + 1 if slots.shape[0] else 0)
-        idx._set_tree(tree, (scan if pca else PrimaryCodes(table.codec)) if tree.trained else PCACodes.none(d))
+        idx._set_tree(
+            tree, (scan if scan is not None else PrimaryCodes(table.codec)) if tree.trained else PCACodes.none(d)
+        )
         order = np.lexsort((slots, rank))
         rows, rank = slots[order], rank[order]
         idx._rank[rows] = rank
@@ -773,7 +776,7 @@ class CuratorIndex:
         return table.visible_rows()
 
     @classmethod
-    def from_table(cls, table, metric: str, **params: object) -> CuratorIndex:
+    def from_table(cls, table, metric: str, **params: Any) -> CuratorIndex:
         """A complete, trained index of everything in ``table`` (e.g. at open without a usable state, or to
         retrain in the background and swap). The table must not change while this runs."""
         return cls.build(table, metric, cls.tenants_rows(table), **params)
@@ -786,7 +789,7 @@ class CuratorIndex:
         tenants_rows: Mapping[int, np.ndarray],
         *,
         progress: Callable[[float, str], None] | None = None,
-        **params: object,
+        **params: Any,
     ) -> CuratorIndex:
         """Train on a sample of the rows in ``tenants_rows`` and bulk-load them: a complete index in one call.
 

@@ -123,7 +123,7 @@ class CodedRows:
         if prepared.shape[0] == 0:
             return
         enc = self.codec.encode_rows(prepared)
-        if self.dense:
+        if isinstance(enc, np.ndarray):  # dense: the codec keeps float32 rows
             self.data[slots] = enc
         else:
             self.codes[slots] = enc.codes

@@ -61,7 +61,7 @@ class ScanCodes:
     code_dtype: type = np.uint8
 
     def empty(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        codes = np.zeros((0, self.width), self.code_dtype)
+        codes: np.ndarray = np.zeros((0, self.width), self.code_dtype)
         return (codes, _EMPTY_F, _EMPTY_F, _EMPTY_F)
 
     def grown(self, arrays: tuple, cap: int) -> tuple:
@@ -82,6 +82,18 @@ class ScanCodes:
     @staticmethod
     def nbytes_of(arrays: tuple) -> int:
         return int(sum(a.nbytes for a in arrays))
+
+    def encode(self, data: np.ndarray, rows: np.ndarray, slots: np.ndarray, arrays: tuple, sqnorms=None) -> None:
+        """Write the scan codes of ``data[rows]`` into ``arrays`` at ``slots``."""
+        raise NotImplementedError
+
+    def centroids(self, cent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tree's centroids as the scan kernels read them (and their norms)."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        """Bytes of the parameters shared by every slot."""
+        raise NotImplementedError
 
 
 class PCACodes(ScanCodes):
@@ -179,7 +191,7 @@ class PrimaryCodes(ScanCodes):
         are the rows' exact squared norms."""
         codes, mul, add, sub = arrays
         prim = self.codec.encode_scan(data[rows])
-        if self.float_codes:
+        if isinstance(prim, np.ndarray):  # float_codes: the primary level keeps float32 rows
             codes[slots] = prim
         else:
             codes[slots] = prim.codes

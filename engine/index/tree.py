@@ -457,7 +457,8 @@ def _bottom_up(cents: np.ndarray, weights: np.ndarray, fanout: int, seed: int):
     centroid is the size-weighted mean of its children. Returns ``(centroids, parent, weights)`` over all
     nodes: the leaves first (in the order given), then each level, the root last.
     """
-    level_c, level_w, parents = [cents], [weights], []
+    level_c, level_w = [cents], [weights]
+    parents: list[np.ndarray] = []
     while level_c[-1].shape[0] > fanout:
         c, w = level_c[-1], level_w[-1]
         groups = math.ceil(c.shape[0] / max(fanout * BUILD_FILL, 1.5))
@@ -499,12 +500,12 @@ def _from_parents(cent, parent, weight, drop, beam: int) -> ClusterTree:
     members = members[np.argsort(parent[members], kind="stable")]
     lo = np.searchsorted(parent[members], np.arange(n))
     hi = np.searchsorted(parent[members], np.arange(n), side="right")
-    order = [root]
+    walk = [root]
     start = np.zeros(n, np.int64)
-    for node in order:  # breadth first: the list grows while it is walked
-        start[node] = len(order)
-        order.extend(members[lo[node] : hi[node]].tolist())
-    order = np.array(order)
+    for node in walk:  # breadth first: the list grows while it is walked
+        start[node] = len(walk)
+        walk.extend(members[lo[node] : hi[node]].tolist())
+    order = np.array(walk)
     count = (hi - lo)[order].astype(np.int32)
     child_start = np.where(count > 0, start[order], 0).astype(np.int32)
     cents = np.ascontiguousarray(cent[order], np.float32)

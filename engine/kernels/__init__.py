@@ -84,7 +84,7 @@ class LVQData:
         if c.ndim != 2 or c.shape[1] != width or self.dim < 1:
             raise ValueError(f"{self.bits}-bit codes of dim {self.dim} must be uint8 [n, {width}], got {c.shape}")
         n = c.shape[0]
-        arrays = {"codes": c}
+        arrays: dict[str, np.ndarray] = {"codes": c}
         for name in ("scale", "bias"):
             a = np.ascontiguousarray(getattr(self, name), dtype=np.float32)
             if a.shape != (n,):
@@ -196,7 +196,8 @@ def set_threads(n: int) -> int:
         raise ValueError(f"threads must be >= 1, got {n}")
     import numba
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    # numba.config sets its NUMBA_* names at import, from the environment; its stub does not list them
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     _threads = n
     return n
 

@@ -17,11 +17,14 @@ it; a row whose score is below the heap's root costs one comparison.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
-_FLAGS = dict(nogil=True, fastmath=True, cache=True)
-_PAR = dict(nogil=True, fastmath=True, cache=True, parallel=True)
+# numba options, forwarded to njit as keywords
+_FLAGS: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True)
+_PAR: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True, parallel=True)
 IP, L2 = 0, 1
 #: rows scored per block before they are offered to the heap
 BLOCK = 256

@@ -67,7 +67,7 @@ try:  # guarded: numba-cuda (or numba's bundled cuda target) is optional
 
     _IMPORT_ERROR: str | None = None
 except Exception as exc:  # noqa: BLE001 - any import failure means "no GPU kernels"
-    cuda = None
+    cuda = None  # type: ignore[assignment]  # an optional module: _require() refuses every use without it
     _IMPORT_ERROR = f"numba.cuda could not be imported ({exc}); install the 'gpu' extra (numba-cuda)"
 
 #: largest k the GPU selection keeps per query
@@ -908,7 +908,7 @@ def search(
         raise ValueError(f"the GPU kernels keep at most k={KMAX}; got k={k}: use a CPU backend for larger k")
     precision, select, rescore = _resolve(precision, select, rescore)
     use_map = rows is not None
-    n = rows.shape[0] if use_map else stop - start
+    n = rows.shape[0] if rows is not None else stop - start
     m = queries.shape[0]
     kp = _kprime(k)
     if n <= kp:  # every row is a candidate: the rescored top-k is exact whatever the first stage did
@@ -951,7 +951,7 @@ def scores(
     _require()
     dd = to_device(data)
     use_map = rows is not None
-    n = rows.shape[0] if use_map else stop - start
+    n = rows.shape[0] if rows is not None else stop - start
     rows_dev = cuda.to_device(rows if use_map else _DUMMY_ROWS)
     S = cuda.device_array((queries.shape[0], n), np.float32)
     _gemm(cuda.to_device(queries), dd, rows_dev, use_map, start, n, kind == "l2", S)

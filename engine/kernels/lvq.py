@@ -35,12 +35,15 @@ The 4-bit loops read the two query halves as separate arrays for the same reason
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
 from engine.kernels import PARALLEL_MIN_WORK, metrics
 
-_FLAGS = dict(nogil=True, fastmath=True, cache=True)
+# numba options, forwarded to njit as keywords
+_FLAGS: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True)
 IP, L2, L2N = 0, 1, 2
 ENC8, ENC4, ENC4X8 = 8, 4, 48
 _INV255 = np.float32(1.0 / 255.0)

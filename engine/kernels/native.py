@@ -322,7 +322,8 @@ def _addr(a: np.ndarray | None) -> int | None:
     if a is None or a.size == 0:
         return None
     try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+        # an ndarray is a buffer; numpy's stubs declare __buffer__ for Python >= 3.12 only
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))  # type: ignore[arg-type]
     except TypeError:
         return a.ctypes.data
 

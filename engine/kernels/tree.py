@@ -29,14 +29,17 @@ slower in measurements.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-_FLAGS = dict(nogil=True, fastmath=True, cache=True)
-_PAR = dict(nogil=True, fastmath=True, cache=True, parallel=True)
+# numba options, forwarded to njit as keywords
+_FLAGS: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True)
+_PAR: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True, parallel=True)
 IP, L2 = 0, 1
 #: what a table's rows hold (``rows_kind`` of the search kernels): float32 vectors, or LVQ-8, LVQ-4x8 or LVQ-4 codes
 ROWS_F32, ROWS_LVQ8, ROWS_LVQ4X8, ROWS_LVQ4 = 0, 1, 2, 3

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -146,9 +147,10 @@ def _resized(codes: Codes, n: int) -> Codes:
 
 
 def _concat(parts: Sequence[Codes]) -> Codes:
+    # every part has the first one's kind (blocks of one level)
     if isinstance(parts[0], lvq.LVQCodes):
-        return lvq.concat(parts)  # type: ignore[arg-type]
-    return np.concatenate(parts)
+        return lvq.concat(cast("Sequence[lvq.LVQCodes]", parts))
+    return np.concatenate(cast("Sequence[np.ndarray]", parts))
 
 
 def concat(parts: Sequence[Encoded]) -> Encoded:
@@ -198,8 +200,10 @@ def _topk(level: _Level, queries, codes: Codes, rows, k, metric, sqnorms, *, ful
     if isinstance(codes, np.ndarray):
         fn = kernels.dense_rerank if per_query else kernels.dense_topk
         return fn(queries, codes, rows, k, metric, sqnorms=sqnorms)
-    fn = kernels.lvq_rerank if per_query else kernels.lvq_topk
-    return fn(
+    if level.mean is None:
+        raise ValueError("LVQ codes need their level's mean: fit the codec first")
+    lvq_fn = kernels.lvq_rerank if per_query else kernels.lvq_topk
+    return lvq_fn(
         queries,
         level.mean,
         codes.codes,

@@ -13,6 +13,7 @@ so the embedded and the remote client fail alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import SupportsFloat
 
 import numpy as np
 
@@ -32,7 +33,7 @@ _I32 = np.dtype("<i4")
 _I64 = np.dtype("<i8")
 
 _METRIC_TO_PB = {"l2": pb.METRIC_L2, "ip": pb.METRIC_IP, "cosine": pb.METRIC_COSINE}
-_METRIC_FROM_PB = {v: k for k, v in _METRIC_TO_PB.items()}
+_METRIC_FROM_PB: dict[int, str] = {v: k for k, v in _METRIC_TO_PB.items()}
 _ENCODING_TO_PB = {"float32": pb.ENCODING_FLOAT32, "lvq8": pb.ENCODING_LVQ8, "lvq4": pb.ENCODING_LVQ4}
 _ENCODING_TO_PB["lvq4x8"] = pb.ENCODING_LVQ4X8
 _ENCODING_FROM_PB = {v: k for k, v in _ENCODING_TO_PB.items()}
@@ -71,7 +72,7 @@ def ef_to_pb(ef: object) -> int | None:
     return None if ef is None else validate.ef(ef)
 
 
-def metric_to_pb(metric: object) -> int:
+def metric_to_pb(metric: object) -> pb.Metric:
     code = _METRIC_TO_PB.get(metric) if isinstance(metric, str) else None
     if code is None:
         validate.metric(metric)  # raises the engine's message
@@ -197,7 +198,8 @@ _SEARCH_SCORES = pb.SearchResponse.DESCRIPTOR.fields_by_name["scores"].number
 
 def _length_delimited(field_number: int, arr: np.ndarray) -> tuple[bytes, memoryview]:
     """A bytes field on the wire: its key (field number, wire type 2), the length as a varint, then the data."""
-    data = memoryview(arr.reshape(-1).view(np.uint8))
+    # an ndarray is a buffer; numpy's stubs declare __buffer__ for Python >= 3.12 only
+    data = memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
     return _varint(field_number << 3 | 2) + _varint(data.nbytes), data
 
 
@@ -270,7 +272,7 @@ def job_from_pb(msg: pb.Job) -> JobStatus:
 
 
 # --------------------------------------------------------------------------------------------- summaries
-def summary_to_pb(numbers: Mapping[str, object], out: pb.Summary | None = None) -> pb.Summary:
+def summary_to_pb(numbers: Mapping[str, SupportsFloat], out: pb.Summary | None = None) -> pb.Summary:
     """Named numbers -> ``Summary``: ints (and bools) to ``ints``, everything else to ``floats``."""
     msg = pb.Summary() if out is None else out
     for key, value in numbers.items():
@@ -533,7 +535,9 @@ def dynamic_batch_request_to_pb(query_ids: object, embeddings: object) -> pb.Dyn
     """One batch message; embeddings and query ids get the engine session's own first checks, in its order."""
     request = pb.DynamicNegativesRequest()
     q = _select.queries_matrix(embeddings, "embeddings")
-    request.batch.query_ids.extend(_select.as_ids(np.atleast_1d(query_ids), "query_ids").reshape(-1).tolist())
+    request.batch.query_ids.extend(
+        _select.as_ids(np.atleast_1d(np.asarray(query_ids)), "query_ids").reshape(-1).tolist()
+    )
     matrix_to_pb(q, request.batch.embeddings)
     return request
 

@@ -7,10 +7,15 @@ which re-checks the whole (duplicates across chunks) and writes it in one synced
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from engine import validate
 from engine.errors import InvalidArgument, ResourceExhausted
+
+if TYPE_CHECKING:
+    from engine.db import Collection
 
 
 class StreamBatch:
@@ -29,7 +34,7 @@ class StreamBatch:
         self._rows = 0
         self._ids: list[np.ndarray] = []
         self._vectors: list[np.ndarray] = []
-        self.collection = None
+        self.collection: Collection | None = None
         self.tenant = ""
 
     def add(self, collection: str, tenant: str, ids: np.ndarray, vectors: np.ndarray, nbytes: int) -> None:

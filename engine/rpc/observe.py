@@ -13,12 +13,16 @@ import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from engine import logs
 from engine.principal import ADMIN, Principal
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 _access = logging.getLogger("grove.access")
 _log = logging.getLogger("grove.metrics")
@@ -93,6 +97,8 @@ class EngineCollector:
 
 class Metrics:
     """The server's Prometheus registry (its own, so several servers in one process do not collide)."""
+
+    _http: WSGIServer | None  # the /metrics server, once serve() ran
 
     def __init__(self, db, gate, *, tenant_labels: bool = False) -> None:
         self.registry = CollectorRegistry()

@@ -153,7 +153,7 @@ def serve(
     metrics_host: str | None = None,
     metrics_tenant_labels: bool = False,
     access_log: bool = False,
-    warm: Callable[[], None] | None = None,
+    warm: Callable[[], object] | None = None,
     max_streams: int = DEFAULT_STREAMS_TOTAL,
     max_streams_per_key: int = DEFAULT_STREAMS_PER_PRINCIPAL,
     stream_idle_seconds: float = DEFAULT_STREAM_IDLE_SECONDS,
@@ -181,7 +181,7 @@ def serve(
         db, address, health_servicer=health_servicer, observer=observer, gate=gate, **options
     )  # fmt: skip
     host = address.rsplit(":", 1)[0]
-    if metrics is not None:
+    if metrics is not None and metrics_port is not None:
         try:
             metrics_port = metrics.serve(metrics_host or host.strip("[]"), metrics_port)
         except OSError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import rocksdict
 
@@ -54,7 +55,11 @@ class Store:
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """Values of many keys in one call (RocksDB multi-get)."""
-        return list(self._db.get(keys)) if keys else []
+        if not keys:
+            return []
+        wanted: list[str | int | float | bytes | bool] = list(keys)
+        # a list of keys gets a list of values (rocksdict types get() for one key)
+        return cast("list[bytes | None]", self._db.get(wanted))
 
     def write(self, batch: Batch) -> None:
         """Apply the batch atomically and durably (WAL synced) or raise ``Internal``."""
@@ -67,7 +72,9 @@ class Store:
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) whose key starts with ``prefix``, in key order."""
-        for key, value in self._db.items(from_key=prefix):
+        # every key and value this store writes is bytes (rocksdict types them as any of its key types)
+        items = cast("Iterator[tuple[bytes, bytes]]", self._db.items(from_key=prefix))
+        for key, value in items:
             if not key.startswith(prefix):
                 return
             yield key, value

@@ -25,12 +25,15 @@ Results are best first and tie to the smaller row, like every other kernel.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-_FLAGS = dict(nogil=True, fastmath=True, cache=True)
-_PAR = dict(nogil=True, fastmath=True, cache=True, parallel=True)
+# numba options, forwarded to njit as keywords
+_FLAGS: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True)
+_PAR: dict[str, Any] = dict(nogil=True, fastmath=True, cache=True, parallel=True)
 #: rows and queries per register block of the scan (5 x 4 measured 8% faster than 4 x 4, 6 x 4 spills); query
 #: segments are padded to a multiple of ``_B``
 _B = 4

@@ -40,6 +40,14 @@ def float_option(value: object, what: str) -> float | None:
     return out
 
 
+def number_option(value: object, what: str) -> float:
+    """A finite number, where None has no meaning."""
+    out = float_option(value, what)
+    if out is None:
+        raise InvalidArgument(f"{what} must be a finite number, got None")
+    return out
+
+
 def queries_matrix(queries: object, what: str = "queries") -> np.ndarray:
     """``[m, d]`` C-ordered float32 of finite values (one 1-D vector is a batch of one)."""
     arr = validate.matrix(queries, what)
@@ -168,7 +176,7 @@ def uniform_keys(seed: int, rows: np.ndarray, cols: np.ndarray, stream: int) -> 
     r = rows.astype(np.uint64)[:, None] * _ROW
     c = cols.astype(np.uint64)[None, :]
     s = np.full(1, seed, np.uint64) * _GOLDEN + np.full(1, stream, np.uint64) * _STREAM
-    z = (r + c * _GOLDEN) ^ s
+    z: np.ndarray = (r + c * _GOLDEN) ^ s
     z = z + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2

@@ -56,11 +56,17 @@ LEAVES_PER_TASK = 8
 MAX_BUFFER = 16 << 20
 
 
-def _positive_int(value: object, what: str, *, none_ok: bool = True) -> int | None:
-    if value is None and none_ok:
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgument(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_int_or_none(value: object, what: str) -> int | None:
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgument(f"{what} must be a positive integer{' or None' if none_ok else ''}, got {value!r}")
+        raise InvalidArgument(f"{what} must be a positive integer or None, got {value!r}")
     return int(value)
 
 
@@ -101,8 +107,8 @@ class LeafProbe:
         spread_weight: float = SPREAD_WEIGHT,
         exact_max: int = EXACT_MAX,
     ) -> None:
-        nprobe = _positive_int(nprobe, "nprobe")
-        ef = _positive_int(ef, "ef")
+        nprobe = _positive_int_or_none(nprobe, "nprobe")
+        ef = _positive_int_or_none(ef, "ef")
         if nprobe is not None and ef is not None:
             raise InvalidArgument("give nprobe (leaves per query) or ef (rows per query), not both")
         if isinstance(spread_weight, bool) or not isinstance(spread_weight, (int, float, np.integer, np.floating)):
@@ -137,7 +143,7 @@ class LeafProbe:
         self.nprobe = nprobe
         self.spread_weight = float(spread_weight)
         self.exact = n <= exact_max or self.nprobe >= self.n_leaves
-        if self.exact:
+        if self.exact or tree is None:  # without a tree every row is in one leaf: always exact
             return
         leaf_nodes = tree.leaf_node[ranks[self.ptr[:-1]]]
         self.centroids = np.ascontiguousarray(tree.centroids[leaf_nodes], dtype=np.float32)
@@ -169,7 +175,7 @@ class LeafProbe:
             raise InvalidArgument(
                 f"queries must be float32 [m, {self.dim}], got {q.dtype} {q.shape}; call .astype(np.float32)"
             )
-        depth = _positive_int(depth, "depth", none_ok=False)
+        depth = _positive_int(depth, "depth")
         q = np.ascontiguousarray(q)
         if not np.isfinite(q).all():
             raise InvalidArgument("queries contain NaN or infinity; only finite values can be searched")

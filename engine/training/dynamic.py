@@ -73,7 +73,7 @@ class DynamicNegatives:
     def negatives(self, query_ids: object, embeddings: object) -> DynamicBatch:
         """Search ``embeddings`` (float32 ``[b, d]``, row i for query ``query_ids[i]``) and mask the positives."""
         q = _select.queries_matrix(embeddings, "embeddings")
-        qids = _select.as_ids(np.atleast_1d(query_ids), "query_ids").reshape(-1)
+        qids = _select.as_ids(np.atleast_1d(np.asarray(query_ids)), "query_ids").reshape(-1)
         if qids.shape[0] != q.shape[0]:
             raise InvalidArgument(f"got {qids.shape[0]} query ids for {q.shape[0]} embeddings; give one per row")
         try:

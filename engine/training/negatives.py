@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -104,10 +105,10 @@ class MinedNegatives:
                 stats[key] = max(p.stats[key] for p in parts)
             else:
                 stats[key] = value if key in _SETTINGS else sum(p.stats[key] for p in parts)
-        measured = [p for p in parts if p.recall is not None]
+        measured = [(p.recall, len(p)) for p in parts if p.recall is not None]
         recall = None
         if measured:
-            recall = sum(p.recall * len(p) for p in measured) / max(sum(len(p) for p in measured), 1)
+            recall = sum(r * n for r, n in measured) / max(sum(n for _, n in measured), 1)
         return cls(
             np.concatenate([p.ids for p in parts]),
             np.concatenate([p.scores for p in parts]),
@@ -306,7 +307,7 @@ def mine_in_chunks(
     positives: object,
     *,
     chunk_size: int = 1024,
-    **options: object,
+    **options: Any,
 ) -> Iterator[tuple[int, MinedNegatives]]:
     """``mine_hard_negatives`` over consecutive chunks of the queries: yields ``(first row, chunk result)``.
 

@@ -64,13 +64,13 @@ def prf_queries(
     if v.ndim != 3 or v.shape[0] != q.shape[0] or v.shape[2] != q.shape[1] or v.shape[1] == 0:
         raise InvalidArgument(f"top_vectors must be [m, k, d] = [{q.shape[0]}, k >= 1, {q.shape[1]}], got {v.shape}")
     depth = min(_select.int_option(depth, "depth", low=1), v.shape[1])
-    alpha = _select.float_option(alpha, "alpha")
-    beta = _select.float_option(beta, "beta")
+    alpha = _select.number_option(alpha, "alpha")
+    beta = _select.number_option(beta, "beta")
     if weighting not in WEIGHTINGS:
         raise InvalidArgument(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
     v = v[:, :depth]
     if top_scores is None:
-        s = np.ones(v.shape[:2], np.float64)
+        s: np.ndarray = np.ones(v.shape[:2], np.float64)
     else:
         s = np.asarray(top_scores, dtype=np.float64)
         if s.shape[0] != q.shape[0] or s.ndim != 2 or s.shape[1] < depth:
