@@ -1,4 +1,4 @@
-"""Per-query cost of the Curator tree search (``engine.kernels.tree.search``), one query at a time.
+"""Per-query cost of the Curator tree search (``engine.kernels.tree_numba.search``), one query at a time.
 
     python bench/tree_walk.py                               # build both collections in a temp dir, then time
     python bench/tree_walk.py --path /tmp/tw                # keep the database there and reuse it next time
@@ -9,7 +9,7 @@ One tenant owns all 84,075 vectors of ``../shared/data``; two collections are bu
 codes with a per-vector scale and bias). For each ``ef`` the first ``--queries`` OOD queries are searched one
 at a time through ``col.search`` (recall@10 against the exact top 10, and QPS) and through the kernel directly
 (QPS, ns per scanned entry, recall@10 of its rows, and entries scanned per query). With ``--baseline FILE`` (a
-copy of ``engine/kernels/tree.py``) that module's kernel is timed too, interleaved round by round with the
+copy of ``engine/kernels/tree_numba.py``) that module's kernel is timed too, interleaved round by round with the
 current one, on the same arguments (alternating which goes first), and its results are compared with the
 current kernel's; with ``--native`` the native library's tree search (``engine.kernels.native.tree_search``,
 at the instruction set in use) is timed the same way and compared with the numba kernel. ``col.search``
@@ -37,7 +37,7 @@ from grove_client import Client, LeanVec  # noqa: E402
 
 from engine import kernels  # noqa: E402
 from engine.kernels import native  # noqa: E402
-from engine.kernels import tree as current  # noqa: E402
+from engine.kernels import tree_numba as current  # noqa: E402
 
 K = 10
 EFS = (512, 1024, 2048, 4096)
@@ -117,7 +117,7 @@ def recall(ids: np.ndarray, gt: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", help="database directory (reused when it holds the collections)")
-    ap.add_argument("--baseline", help="a copy of engine/kernels/tree.py to time against the current one")
+    ap.add_argument("--baseline", help="a copy of engine/kernels/tree_numba.py to time against the current one")
     ap.add_argument("--native", action="store_true", help="time the native library's tree search too")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)

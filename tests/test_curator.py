@@ -16,7 +16,7 @@ import pytest
 from engine.index import curator
 from engine.index.curator import TAIL_CAP, CuratorIndex
 from engine.index.table import VectorTable
-from engine.kernels import metrics, reference
+from engine.kernels import metrics, reference, tree_numba
 from engine.kernels import tree as ktree
 
 SEED = int(os.environ.get("GROVE_TEST_SEED", "20240613"))
@@ -195,13 +195,13 @@ def test_leaf_order_scans_the_best_leaves_first(rng, monkeypatch):
     h = trained_harness(rng, n=3_000, tenants=1, d=16, metric="l2")
     lst = h.index._lists[0]
     bounds = h.index._leaf_bounds(lst.main)
-    ef = 128
-    assert bounds.size > 0 and ef >= ktree.LEAF_ORDER_EF_PER_LEAF * h.index.tree.n_leaves  # leaf order, not the walk
+    ef = 128  # leaf order, not the walk:
+    assert bounds.size > 0 and ef >= tree_numba.LEAF_ORDER_EF_PER_LEAF * h.index.tree.n_leaves
     qp = h.query(clustered(rng, 20, 16))
     hits = scanned = 0
     for i in range(qp.shape[0]):
         out_s, out_r = np.empty((1, 10), np.float32), np.empty((1, 10), np.int64)
-        scanned += ktree.search(qp[i : i + 1], h.index.table.store.kernel_args, h.index._slot_row, h.index._sc,
+        scanned += tree_numba.search(qp[i : i + 1], h.index.table.store.kernel_args, h.index._slot_row, h.index._sc,
                                h.index.scan.kernel_args, lst.main, lst.tail, lst.nt, bounds, h.index._pcent,
                                h.index._bias, h.index._topo, h.index._leaves, 10, ef, 64, 64, h.index.max_sl_size,
                                h.index.exact_max, h.index.flat_max, h.index._kind, h.index.table.store.rows_kind,
@@ -216,7 +216,7 @@ def test_narrow_walk_splits_nodes_by_leaf_bounds_where_binary_search_does(rng, m
     """Searched with an ``ef`` too small for the leaf order, a large tenant still walks the tree, and its cached
     leaf bounds change how the walk finds split points, never what it finds."""
     h = trained_harness(rng, n=2_000, tenants=2)
-    ef = int(ktree.LEAF_ORDER_EF_PER_LEAF * h.index.tree.n_leaves) - 1
+    ef = int(tree_numba.LEAF_ORDER_EF_PER_LEAF * h.index.tree.n_leaves) - 1
     assert ef >= 8
     q = h.query(clustered(rng, 20, 16))
     monkeypatch.setattr(curator, "BOUNDS_PER_LEAF", 10**9)

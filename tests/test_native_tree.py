@@ -1,4 +1,4 @@
-"""The native Curator tree search (``grove_tree_search``) against the numba one (``engine.kernels.tree.search``).
+"""The native Curator tree search (``grove_tree_search``) against the numba one (``engine.kernels.tree_numba.search``).
 
 For Curator indexes built on seeded clustered data in every kind of collection (float32 rows with PCA scan codes
 of each width; LVQ-8, LVQ-4 and LVQ-4x8 rows and primaries; LeanVec projections with LVQ-8, LVQ-4 and float32
@@ -24,7 +24,7 @@ from engine import kernels
 from engine.index.curator import TAIL_CAP, CuratorIndex
 from engine.index.table import VectorTable
 from engine.kernels import metrics, native
-from engine.kernels import tree as ktree
+from engine.kernels import tree_numba as ktree
 from engine.quant.codec import build_codec
 from engine.types import LVQ, LeanVec
 
@@ -137,7 +137,7 @@ def built() -> Indexes:
 
 
 def path_of(index: CuratorIndex, tenant: int, ef: int) -> str:
-    """Which path ``engine.kernels.tree._search_one`` takes for this tenant and ef."""
+    """Which path ``engine.kernels.tree_numba._search_one`` takes for this tenant and ef."""
     lst = index._lists[tenant]
     n = lst.main.shape[0]
     if n + lst.nt <= index.exact_max or not index.trained:

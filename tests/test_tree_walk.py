@@ -1,4 +1,4 @@
-"""The Curator search kernel's scan-code and row scoring (``engine.kernels.tree``) against a numpy reference.
+"""The Curator search kernel's scan-code and row scoring (``engine.kernels.tree_numba``) against a numpy reference.
 
 ``_query_codes`` + ``_scan_codes`` must rank entries like the plain float formula of the scan codes
 (``engine.index.scancodes``): ``mul * <w, c> + add * sum(w) [- sub]``, with ``c`` the 8-bit code or the two
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.kernels import tree as tk
+from engine.kernels import tree_numba as tk
 from engine.quant import lvq
 
 

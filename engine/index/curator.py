@@ -593,7 +593,7 @@ class CuratorIndex:
         """Where each leaf rank's entries start in ``main`` (int32 ``[leaves + 1]``), for a tenant with at least
         ``BOUNDS_PER_LEAF`` entries per leaf; empty otherwise.
 
-        A tenant with them, searched wide (``engine.kernels.tree.LEAF_ORDER_EF_PER_LEAF``), is scanned leaf by
+        A tenant with them, searched wide (``engine.kernels.tree_numba.LEAF_ORDER_EF_PER_LEAF``), is scanned leaf by
         leaf in the order of the leaves' own priorities (``_scan_leaf_order``), which reads each leaf's entries
         from them; searched narrow, its tree walk reads each split point from them instead of binary-searching
         ``main`` for it. They cost 4 bytes per leaf, so only tenants large enough for that to stay under a byte

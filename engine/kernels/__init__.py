@@ -10,7 +10,7 @@ cuda      ``engine.kernels.gpu``: numba-cuda kernels, for big batches when a CUD
 ========  ==========================================================================================
 
 The Curator tree search (``tree_search``) has two: ``native`` (``grove_tree_search`` in ``native/``) and numba
-(``engine.kernels.tree.search``), the first wherever the native backend is the one selected.
+(``engine.kernels.tree_numba.search``), the first wherever the native backend is the one selected.
 
 The CPU backend is chosen once, at first use: ``native`` if the optional extension was built, else ``numba``
 (``bench/kernels.py`` shows native ahead wherever both run). ``GROVE_KERNELS=numpy|numba|native|cuda`` or
@@ -442,7 +442,7 @@ class TenantEntries(NamedTuple):
 
 
 class TreeSearchParams(NamedTuple):
-    """The knobs of one tree search (``engine.kernels.tree._search_one``): ``k`` results, early stop after ``ef``
+    """The knobs of one tree search (``engine.kernels.tree_numba._search_one``): ``k`` results, early stop after ``ef``
     unchanged entries, ``cands`` candidates, ``rerank`` rescored, nodes of at most ``max_sl`` entries scanned,
     exact up to ``exact_max`` entries, every code up to ``flat_max``; ``kind`` is ``tree.IP`` or ``tree.L2``."""
 
@@ -509,7 +509,7 @@ def tree_search(
     if tree_backend() == "native":
         return _native_module().tree_search(queries, rows, rows_kind, slot_row, codes, code_query, tree, tenant,
                                             params, out_s, out_r, threads() if m > 1 else 1)  # fmt: skip
-    from engine.kernels import tree as numba_tree
+    from engine.kernels import tree_numba as numba_tree
 
     kern = numba_tree.search if m == 1 else numba_tree.search_parallel
     return kern(queries, rows, slot_row, codes, code_query, tenant.main, tenant.tail, tenant.nt, tenant.bounds,

@@ -417,7 +417,7 @@ def tree_search(
     out_r: np.ndarray,
     threads: int = 1,
 ) -> int:
-    """The Curator tree search of ``engine.kernels.tree.search`` (see ``engine.kernels.tree_search``) into
+    """The Curator tree search of ``engine.kernels.tree_numba.search`` (see ``engine.kernels.tree_search``) into
     ``out_s``/``out_r``; returns the entries scanned. A batch large enough (``TREE_PARALLEL_MIN_ENTRIES`` per part)
     is split by queries over up to ``threads`` threads, the caller's among them, each part with its own
     workspace."""
