@@ -39,18 +39,19 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(s.flag, dest=s.key, default=None, action=argparse.BooleanOptionalAction, help=text)
         else:
             p.add_argument(s.flag, dest=s.key, default=None, help=text)
-    p.add_argument(
-        "--rotate-admin-key",
-        action="store_true",
-        help="replace the store's admin key with --admin-key (without it, a different key is refused)",
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="grove", description="Grove: a multi-tenant vector search engine.")
     ap.add_argument("--version", action="version", version=f"grove {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
-    _add_setting_flags(sub.add_parser("serve", help="serve a store over gRPC until SIGTERM/SIGINT"))
+    serve = sub.add_parser("serve", help="serve a store over gRPC until SIGTERM/SIGINT")
+    _add_setting_flags(serve)
+    serve.add_argument(
+        "--rotate-admin-key",
+        action="store_true",
+        help="replace the store's admin key with --admin-key (without it, a different key is refused)",
+    )
     _add_setting_flags(
         sub.add_parser("config", help="print every setting: its variable, effective value and where it came from")
     )

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "GROVE_CONFIG"
-SOURCES = ("default", "file", "environment", "flag")
 
 
 def _bool(text: str) -> bool:
@@ -108,7 +107,7 @@ SETTINGS: tuple[Setting, ...] = (
         "admin API key (>= 16 characters; else the stored one, or a new one printed once)",
         "--admin-key",
         secret=True,
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.tls_cert", "GROVE_TLS_CERT", None, str, "PEM certificate file; serve TLS (with tls_key)", "--tls-cert"
     ),
@@ -136,7 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "threads serving unary calls (unset: min(32, 4 x cores))",
         "--workers",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.max_streams", "GROVE_MAX_STREAMS", 16, _positive_int, "streams open at once, in all", "--max-streams"
     ),
@@ -147,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "streams one principal (a tenant, or the admin) may hold open at once",
         "--max-streams-per-key",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.stream_idle_s",
         "GROVE_STREAM_IDLE_S",
@@ -155,7 +154,7 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds,
         "seconds a client stream may go without a message before it is cancelled",
         "--stream-idle-s",
-    ),  # fmt: skip
+    ),
     Setting("serve.grace", "GROVE_GRACE", 10.0, _seconds, "seconds in-flight calls get at shutdown", "--grace"),
     Setting(
         "serve.metrics_port",
@@ -164,7 +163,7 @@ SETTINGS: tuple[Setting, ...] = (
         _port,
         "serve Prometheus metrics at http://HOST:PORT/metrics (unset: no metrics endpoint)",
         "--metrics-port",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.metrics_host",
         "GROVE_METRICS_HOST",
@@ -172,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "interface of the metrics endpoint (unset: the gRPC host)",
         "--metrics-host",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.metrics_tenant_labels",
         "GROVE_METRICS_TENANT_LABELS",
@@ -180,7 +179,7 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "label request metrics with tenant names too (one series per tenant: mind the cardinality)",
         "--metrics-tenant-labels",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.log_level",
         "GROVE_LOG_LEVEL",
@@ -188,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("debug", "info", "warning", "error"),
         "log level",
         "--log-level",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.log_format",
         "GROVE_LOG_FORMAT",
@@ -196,7 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("text", "json"),
         "log lines as text or as one JSON object each",
         "--log-format",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.access_log",
         "GROVE_ACCESS_LOG",
@@ -204,7 +203,7 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "one log line per call (RPC, principal kind, tenant, status, duration, bytes; never a key or a vector)",
         "--access-log",
-    ),  # fmt: skip
+    ),
     Setting(
         "serve.warm",
         "GROVE_WARM",
@@ -212,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "load (or compile, on a fresh install) the search kernels at start, before the first query needs them",
         "--warm",
-    ),  # fmt: skip
+    ),
     # ------------------------------------------------------------------ the engine (server and embedded)
     Setting(
         "engine.kernels",
@@ -220,7 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         _choice("auto", "numpy", "numba", "native", "cuda"),
         "kernel backend (auto: native if built, else numba; big batches on a CUDA device)",
-    ),  # fmt: skip
+    ),
     Setting("engine.threads", "GROVE_THREADS", None, _positive_int, "threads per batch search (unset: all cores)"),
     Setting(
         "engine.isa",
@@ -228,7 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         _choice("auto", "scalar", "avx2", "avx512", "avx512vnni"),
         "highest instruction set of the native kernels (auto: the best this CPU has)",
-    ),  # fmt: skip
+    ),
     Setting("engine.native_lib", "GROVE_NATIVE_LIB", None, str, "path of the native kernel library to load"),
     Setting(
         "engine.tree_build",
@@ -236,14 +235,14 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         _choice("auto", "refined", "topdown"),
         "how index trees are built unless a collection says (auto: refined when one tenant holds most rows)",
-    ),  # fmt: skip
+    ),
     Setting(
         "engine.gpu_precision",
         "GROVE_GPU_PRECISION",
         "auto",
         _choice("auto", "fp16", "tf32", "fp32"),
         "GPU batch-search product precision (auto: fp16 with CuPy, else fp32), rescored in fp32",
-    ),  # fmt: skip
+    ),
     Setting("engine.gpu_select", "GROVE_GPU_SELECT", "filter", _choice("filter", "rounds"), "GPU top-k selection"),
     Setting("engine.gpu_rescore", "GROVE_GPU_RESCORE", True, _bool, "rescore low-precision GPU candidates in fp32"),
     # ------------------------------------------------------------------ the Python SDK
@@ -254,7 +253,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "the SDK's API key when Client(api_key=) is not given",
         secret=True,
-    ),  # fmt: skip
+    ),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 #: the parser of on/off settings (the CLI gives them ``--x/--no-x`` options)
@@ -267,7 +266,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    """Effective settings: ``values[key]`` and ``sources[key]`` (one of ``SOURCES``); ``file`` the TOML read."""
+    """Effective settings: ``values[key]`` and ``sources[key]`` (``default``, ``file``, ``environment`` or
+    ``flag``); ``file`` is the TOML file read, if any."""
 
     values: Mapping[str, Any]
     sources: Mapping[str, str]

@@ -506,9 +506,12 @@ class Collection:
         index: FlatIndex | CuratorIndex | None = None
         if self._indexed():
             index = CuratorIndex.build(
-                table, self.metric, table.visible_rows(), tree_build=self.tree_build,
+                table,
+                self.metric,
+                table.visible_rows(),
+                tree_build=self.tree_build,
                 progress=lambda f, phase: progress(0.5 + 0.45 * f, phase),
-            )  # fmt: skip
+            )
         if index is None:
             index = FlatIndex(table, self.metric)
             for t, rows in table.visible_rows().items():
@@ -573,9 +576,12 @@ class Collection:
         with self._rw.write():
             self.table.fit()
         index = CuratorIndex.build(
-            self.table, self.metric, self.table.visible_rows(), tree_build=self.tree_build,
+            self.table,
+            self.metric,
+            self.table.visible_rows(),
+            tree_build=self.tree_build,
             progress=lambda f, phase: progress(share + (0.97 - share) * f, phase),
-        )  # fmt: skip
+        )
         built = time.perf_counter() - t0
         progress(0.97, "saving the index")
         self._store.write(_deleting(self._dirty_key))

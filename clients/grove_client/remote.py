@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from engine import validate
+from engine import config, validate
 from engine.errors import DeadlineExceeded, FailedPrecondition, GroveError, InvalidArgument, Unavailable
 from engine.jobs import JobStatus
 from engine.rpc import convert, status
@@ -27,7 +27,7 @@ from engine.training import DynamicBatch, MinedNegatives
 from engine.types import PRF, CollectionInfo, Compression, SearchResult
 from grove_client.backend import Backend, Closed, NegativesSession
 
-API_KEY_ENV = "GROVE_API_KEY"
+API_KEY_ENV = config.BY_KEY["client.api_key"].env  # GROVE_API_KEY, read when a client is made
 #: upserts up to this size go as one unary call, larger ones as an UpsertStream of chunks of this size
 CHUNK_BYTES = 4 << 20
 _ID_BYTES = 10  # a packed int64 varint takes at most 10 bytes

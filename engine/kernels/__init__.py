@@ -17,7 +17,7 @@ The CPU backend is chosen once, at first use: ``native`` if the optional extensi
 ``select(name)`` overrides it; a forced backend that is missing raises. Without an override, a batch whose
 work (queries x rows x dim) reaches ``GPU_MIN_WORK`` runs on CUDA when a real device is present. ``describe()``
 says what runs, for benchmarks to print. Kernels take arrays and return arrays: this package imports nothing
-else from ``engine``.
+else from ``engine`` but ``engine.config`` (a leaf), whose settings it reads when first needed.
 
 Scores are surrogates, higher is better (``engine.kernels.metrics``): the inner product for ``ip`` and
 ``cosine`` (cosine rows are unit vectors already), minus the squared distance for ``l2``. Top-k results are
@@ -27,6 +27,7 @@ best first, ties to the smaller row, padded with (-inf, -1).
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -176,8 +177,6 @@ def reconfigure() -> None:
     ``engine.config.current()`` again (called by ``engine.config.use`` and ``reset``)."""
     global _selected, _forced, _threads
     _selected, _forced, _threads = None, False, None
-    import sys
-
     native = sys.modules.get("engine.kernels.native")
     if native is not None:
         native.forget_isa_setting()

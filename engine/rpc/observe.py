@@ -109,9 +109,11 @@ class Metrics:
         )
         self.bytes = Counter("grove_request_bytes", "message bytes by RPC", ["rpc", "direction"], registry=r)
         self.rejected = Counter(
-            "grove_rejected", "calls refused for a limit (RESOURCE_EXHAUSTED: size, streams, answer)", ["rpc"],
+            "grove_rejected",
+            "calls refused for a limit (RESOURCE_EXHAUSTED: size, streams, answer)",
+            ["rpc"],
             registry=r,
-        )  # fmt: skip
+        )
         self.by_tenant = (
             Counter("grove_tenant_requests", "calls by RPC and tenant", ["rpc", "tenant"], registry=r)
             if tenant_labels

@@ -177,9 +177,7 @@ def serve(
     gate = StreamGate(per_principal=max_streams_per_key, total=max_streams, idle_seconds=stream_idle_seconds)
     metrics = Metrics(db, gate, tenant_labels=metrics_tenant_labels) if metrics_port is not None else None
     observer = Observer(metrics, access_log=access_log)
-    server, port = create_server(
-        db, address, health_servicer=health_servicer, observer=observer, gate=gate, **options
-    )  # fmt: skip
+    server, port = create_server(db, address, health_servicer=health_servicer, observer=observer, gate=gate, **options)
     host = address.rsplit(":", 1)[0]
     if metrics is not None and metrics_port is not None:
         try:
